@@ -1,0 +1,53 @@
+"""siamese_utils: the library behind the notebook series on image-text matching
+with a two-tower (siamese, dual-encoder) network.
+
+Each public function and class names, in its docstring, the notebook that
+explains it. The modules follow the stages of the series:
+
+- ``data``: datasets on disk (Karpathy's ``dataset.json``, CSV), robust image
+  loading, PyTorch datasets, batches and loaders;
+- ``tiny``: the tiny synthetic dataset shipped in ``data/tiny``;
+- ``transforms``: image preprocessing and caption-aware augmentation;
+- ``text``: the offline BERT WordPiece tokenizer and caption helpers;
+- ``plotting``: figures;
+- ``runtime``: seeds and devices.
+"""
+
+from .data import (
+    Batch,
+    CaptionedImages,
+    Collator,
+    DatasetError,
+    ImageDataset,
+    ImageRecord,
+    ImageTextDataset,
+    load_image,
+    make_loader,
+    read_dataset,
+)
+from .runtime import choose_device, seed_everything, seed_worker
+from .text import load_tokenizer, swap_left_right
+from .transforms import ImageTextTransform, ImageTransformConfig, build_image_transform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "CaptionedImages",
+    "Collator",
+    "DatasetError",
+    "ImageDataset",
+    "ImageRecord",
+    "ImageTextDataset",
+    "ImageTextTransform",
+    "ImageTransformConfig",
+    "build_image_transform",
+    "choose_device",
+    "load_image",
+    "load_tokenizer",
+    "make_loader",
+    "read_dataset",
+    "seed_everything",
+    "seed_worker",
+    "swap_left_right",
+]

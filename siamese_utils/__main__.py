@@ -1,0 +1,69 @@
+"""Command line: ``python -m siamese_utils COMMAND ...`` (or ``siamese-utils COMMAND``).
+
+Commands:
+
+- ``make-tiny``: write the tiny synthetic dataset (``data/tiny``);
+- ``info``: read a dataset folder, print its splits, optionally decode every image.
+
+Explained in ``notebooks/01_preprocessing.ipynb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .data import DatasetError, read_dataset
+from .tiny import TinyConfig, write_tiny_dataset
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    config = TinyConfig(seed=args.seed)
+    out = write_tiny_dataset(args.out, config, overwrite=args.overwrite)
+    data = read_dataset(out)
+    print(f"wrote {out}: {len(data)} images, {data.num_captions} captions (seed {args.seed})")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    data = read_dataset(args.data)
+    print(f"{data.source}: {len(data)} images, {data.num_captions} captions")
+    print(data.summary().to_string())
+    if args.check_images:
+        data.check_images(progress=sys.stderr.isatty())
+        print(f"all {len(data)} images decode")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m siamese_utils",
+        description="Image-text matching with a two-tower network: data tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("make-tiny", help="write the tiny synthetic dataset")
+    p.add_argument("--out", type=Path, default=Path("data/tiny"), help="folder to write (default: data/tiny)")
+    p.add_argument("--seed", type=int, default=TinyConfig.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace the folder if it exists")
+    p.set_defaults(func=_make_tiny)
+
+    p = sub.add_parser("info", help="read a dataset and print its splits")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
+    p.add_argument("--check-images", action="store_true", help="also decode every image")
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DatasetError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

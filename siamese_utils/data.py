@@ -1,0 +1,664 @@
+"""Datasets on disk and in PyTorch: one format for the tiny set, Flickr8k/30k and COCO.
+
+Explained in ``notebooks/01_preprocessing.ipynb``.
+
+A dataset is a folder ``DIR/`` holding Karpathy's split file ``DIR/dataset.json``
+and the images at ``DIR/images/<filepath>/<filename>``::
+
+    {"images": [{"filename": "000000.png", "split": "train",
+                 "sentences": [{"raw": "a small red circle"}, ...]}, ...]}
+
+``filepath`` is optional (COCO uses it, Flickr does not); ``split`` is one of
+``train``, ``val``, ``test`` or ``restval`` (COCO's extra training images,
+counted as train). Other fields are kept and ignored. People bringing their own
+data can instead put a CSV file ``DIR/captions.csv`` with ``image,caption``
+rows (one row per caption, optional ``split`` column) beside ``DIR/images/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .runtime import seed_worker
+
+__all__ = [
+    "DatasetError",
+    "ImageRecord",
+    "CaptionedImages",
+    "read_dataset",
+    "read_karpathy_json",
+    "read_captions_csv",
+    "load_image",
+    "to_rgb",
+    "ImageTextDataset",
+    "ImageDataset",
+    "Batch",
+    "Collator",
+    "make_loader",
+]
+
+SPLITS = ("train", "val", "test", "restval")
+TRAIN_SPLITS = ("train", "restval")  # restval is COCO's extra training data
+MAX_PROBLEMS_SHOWN = 10
+FORMAT_HELP = "see 'Datasets' in the README for the expected layout"
+
+
+class DatasetError(ValueError):
+    """A dataset file, entry or image is wrong. The message names it and says what to do.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+
+
+def _raise_problems(source: Path, problems: list[str], what_to_do: str) -> None:
+    shown = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    raise DatasetError(f"{source}: {len(problems)} problem(s):\n{shown}{tail}\n{what_to_do}")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image and its captions, as read from a dataset file.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+
+    index: int  # position in the file; stable across splits
+    path: Path  # where the image file is
+    split: str  # train, val, test or restval, as written in the file
+    captions: tuple[str, ...]
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The image's path below ``images/``, as the dataset file names it."""
+        return self.meta.get("_name", self.path.name)
+
+
+class CaptionedImages(Sequence[ImageRecord]):
+    """Images with their captions: the whole dataset or one split of it.
+
+    Captions are numbered in image order; ``txt_to_img[j]`` is the position of
+    caption ``j``'s image, which is what the retrieval metrics need.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], source: Path, name: str = "all"):
+        self.records = list(records)
+        self.source = Path(source)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return CaptionedImages(self.records[i], self.source, self.name)
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records)
+
+    def __repr__(self) -> str:
+        return (
+            f"CaptionedImages({self.name!r}: {len(self)} images, {self.num_captions} captions, "
+            f"from {self.source})"
+        )
+
+    def split(self, name: str) -> "CaptionedImages":
+        """The images of one split; ``"train"`` includes ``restval``."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; use 'train', 'val' or 'test'")
+        wanted = TRAIN_SPLITS if name == "train" else (name,)
+        return CaptionedImages([r for r in self.records if r.split in wanted], self.source, name)
+
+    @property
+    def captions(self) -> list[str]:
+        """All captions, in image order."""
+        return [c for r in self.records for c in r.captions]
+
+    @property
+    def num_captions(self) -> int:
+        return sum(len(r.captions) for r in self.records)
+
+    @property
+    def txt_to_img(self) -> np.ndarray:
+        """For each caption (in ``captions`` order), the position of its image."""
+        return np.repeat(np.arange(len(self.records)), [len(r.captions) for r in self.records])
+
+    def summary(self):
+        """A table: images, captions and captions per image for each split."""
+        import pandas as pd
+
+        rows = []
+        for split in ("train", "val", "test"):
+            part = self.split(split)
+            per = [len(r.captions) for r in part] or [0]
+            rows.append(
+                {
+                    "split": split,
+                    "images": len(part),
+                    "captions": part.num_captions,
+                    "captions/image": f"{min(per)}-{max(per)}" if min(per) != max(per) else str(min(per)),
+                }
+            )
+        return pd.DataFrame(rows).set_index("split")
+
+    def to_frame(self):
+        """One row per caption: image index, image name, split and caption."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {"image": i, "name": r.name, "split": r.split, "caption": c}
+                for i, r in enumerate(self.records)
+                for c in r.captions
+            ]
+        )
+
+    def check_images(self, progress: bool = False) -> None:
+        """Decode every image; raise one :class:`DatasetError` listing those that fail."""
+        from tqdm.auto import tqdm
+
+        problems = []
+        for r in tqdm(self.records, desc="checking images", disable=not progress):
+            try:
+                load_image(r.path)
+            except DatasetError as e:
+                problems.append(f"entry #{r.index} ({r.name}): {e}")
+        if problems:
+            _raise_problems(self.source, problems, "Replace or re-download these files, or remove their entries.")
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_dataset(path: str | os.PathLike, check_files: bool = True, **csv_options: Any) -> CaptionedImages:
+    """Read a dataset folder (``dataset.json`` or ``captions.csv``) or one of those files.
+
+    With ``check_files`` every image file must exist (only existence is checked
+    here; decoding errors are reported when an image is loaded, or all at once
+    by :meth:`CaptionedImages.check_images`).
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if (p / "dataset.json").is_file():
+            p = p / "dataset.json"
+        elif (p / "captions.csv").is_file():
+            p = p / "captions.csv"
+        else:
+            raise DatasetError(
+                f"{p}: no dataset.json (Karpathy's split file) or captions.csv in this folder; "
+                f"{FORMAT_HELP}, or pass the file itself."
+            )
+    if not p.exists():
+        raise DatasetError(f"{p}: no such file or folder; {FORMAT_HELP}.")
+    if p.suffix.lower() == ".csv":
+        return read_captions_csv(p, check_files=check_files, **csv_options)
+    if csv_options:
+        raise TypeError(f"options {sorted(csv_options)} apply to CSV files only, not {p.name}")
+    return read_karpathy_json(p, check_files=check_files)
+
+
+def read_karpathy_json(
+    path: str | os.PathLike, images_root: str | os.PathLike | None = None, check_files: bool = True
+) -> CaptionedImages:
+    """Read Karpathy's ``dataset.json`` (Flickr8k, Flickr30k, COCO, the tiny set).
+
+    Images are looked up at ``images_root/<filepath>/<filename>``, where
+    ``images_root`` defaults to the ``images`` folder beside the file.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    path = Path(path)
+    root = Path(images_root) if images_root is not None else path.parent / "images"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found; {FORMAT_HELP}.") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is this the right file?") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+            "the file may be truncated: download it again."
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise DatasetError(
+            f'{path}: expected a JSON object with an "images" list (Karpathy\'s format); {FORMAT_HELP}.'
+        )
+
+    records: list[ImageRecord] = []
+    problems: list[str] = []
+    for i, entry in enumerate(doc["images"]):
+        where = f"images[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected an object, found {type(entry).__name__}")
+            continue
+        filename = entry.get("filename")
+        if isinstance(filename, str) and filename:
+            where += f" ({filename})"
+        else:
+            problems.append(f'{where}: missing "filename" (the image file\'s name)')
+            continue
+        filepath = entry.get("filepath", "") or ""
+        if not isinstance(filepath, str):
+            problems.append(f'{where}: "filepath" must be a string, found {filepath!r}')
+            continue
+        split = entry.get("split")
+        if split not in SPLITS:
+            problems.append(f'{where}: "split" is {split!r}; expected one of {", ".join(SPLITS)}')
+            continue
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list) or not sentences:
+            problems.append(f'{where}: no "sentences"; each image needs at least one caption')
+            continue
+        captions = []
+        for j, s in enumerate(sentences):
+            raw = s.get("raw") if isinstance(s, dict) else None
+            if not isinstance(raw, str):
+                problems.append(f'{where}: sentences[{j}] has no "raw" caption text')
+            elif not raw.strip():
+                problems.append(f"{where}: sentences[{j}] is an empty caption; write one or remove it")
+            else:
+                captions.append(raw.strip())
+        if len(captions) != len(sentences):
+            continue
+        name = f"{filepath}/{filename}" if filepath else filename
+        meta = {k: v for k, v in entry.items() if k not in ("filename", "filepath", "split", "sentences")}
+        meta["_name"] = name
+        records.append(ImageRecord(i, root / name, split, tuple(captions), meta))
+    if problems:
+        _raise_problems(path, problems, f"Fix these entries in {path.name} or remove them; {FORMAT_HELP}.")
+    if not records:
+        raise DatasetError(f'{path}: the "images" list is empty; {FORMAT_HELP}.')
+    if check_files:
+        _check_files_exist(path, records, root)
+    return CaptionedImages(records, path)
+
+
+def read_captions_csv(
+    path: str | os.PathLike,
+    images_root: str | os.PathLike | None = None,
+    check_files: bool = True,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> CaptionedImages:
+    """Read a CSV file of ``image,caption`` rows, one row per caption.
+
+    ``image`` is a path below ``images_root`` (default: the ``images`` folder
+    beside the file). An optional ``split`` column assigns splits; without it
+    the images are split at random (seeded) into ``val_fraction`` and
+    ``test_fraction`` of the images for validation and test, the rest train.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    path = Path(path)
+    root = Path(images_root) if images_root is not None else path.parent / "images"
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found; {FORMAT_HELP}.") from None
+    with f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if "image" not in header or "caption" not in header:
+            raise DatasetError(
+                f"{path}: the first line must be a header naming the columns 'image' and 'caption' "
+                f"(and optionally 'split'); found {header or 'an empty file'}. "
+                "Add the header line, e.g. 'image,caption'."
+            )
+        reader.fieldnames = header
+        has_split = "split" in header
+        order: dict[str, int] = {}
+        captions: dict[str, list[str]] = {}
+        splits: dict[str, str] = {}
+        problems: list[str] = []
+        try:
+            for row in reader:
+                line = reader.line_num
+                image = (row.get("image") or "").strip()
+                caption = (row.get("caption") or "").strip()
+                if not image:
+                    problems.append(f"line {line}: empty 'image' field")
+                    continue
+                if not caption:
+                    problems.append(f"line {line} ({image}): empty caption; write one or remove the row")
+                    continue
+                if has_split:
+                    split = (row.get("split") or "").strip()
+                    if split not in SPLITS:
+                        problems.append(f"line {line} ({image}): split {split!r}; expected one of {', '.join(SPLITS)}")
+                        continue
+                    if splits.setdefault(image, split) != split:
+                        problems.append(
+                            f"line {line} ({image}): split {split!r}, but an earlier row put this image in "
+                            f"{splits[image]!r}; an image belongs to one split"
+                        )
+                        continue
+                order.setdefault(image, len(order))
+                captions.setdefault(image, []).append(caption)
+        except csv.Error as e:
+            problems.append(f"line {reader.line_num}: {e}")
+    if problems:
+        _raise_problems(path, problems, f"Fix these rows in {path.name}.")
+    if not order:
+        raise DatasetError(f"{path}: no caption rows below the header.")
+    names = list(order)
+    if not has_split:
+        splits = _random_splits(names, val_fraction, test_fraction, seed)
+    records = [ImageRecord(i, root / n, splits[n], tuple(captions[n]), {"_name": n}) for i, n in enumerate(names)]
+    if check_files:
+        _check_files_exist(path, records, root)
+    return CaptionedImages(records, path)
+
+
+def _random_splits(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must each lie in [0, 1) "
+            "and add up to less than 1"
+        )
+    perm = np.random.default_rng(seed).permutation(len(names))
+    n_val = int(round(val_fraction * len(names)))
+    n_test = int(round(test_fraction * len(names)))
+    split = {}
+    for rank, i in enumerate(perm):
+        split[names[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    return split
+
+
+def _check_files_exist(source: Path, records: list[ImageRecord], root: Path) -> None:
+    if not root.is_dir():
+        raise DatasetError(
+            f"{source}: the image folder {root} does not exist. Put the images there "
+            f"(as images/<filepath>/<filename>); {FORMAT_HELP}."
+        )
+    missing = [f"entry #{r.index}: {r.path} is missing" for r in records if not r.path.is_file()]
+    if missing:
+        _raise_problems(
+            source,
+            missing,
+            f"Put the missing images under {root}, or remove their entries from {source.name}.",
+        )
+
+
+# --------------------------------------------------------------------------- images
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any Pillow image to 8-bit RGB, correctly.
+
+    Transparent pixels are composited onto ``background`` (``convert("RGB")``
+    would show whatever colour they happen to store, often black), and 16-bit
+    images are scaled to 8 bits (``convert`` would clip them to white).
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        if mode != "F":
+            arr = arr / 257.0  # 0..65535 -> 0..255
+        gray = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as 8-bit RGB, upright (EXIF orientation applied).
+
+    Any failure raises :class:`DatasetError` naming the file and what to do.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Palette images with transparency..."
+            with Image.open(path) as im:
+                im.load()
+                upright = ImageOps.exif_transpose(im)
+                return to_rgb(upright if upright is not None else im)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found; put it there or remove its entry from the dataset file.") from None
+    except UnidentifiedImageError:
+        raise DatasetError(
+            f"{path}: not an image file Pillow can read; replace it with the real image or remove its entry."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(
+            f"{path}: cannot decode the image ({e}); the file is truncated or corrupt. "
+            "Download it again, or remove its entry from the dataset file."
+        ) from None
+
+
+class _ImageSource:
+    """Loads the images of a split, optionally decoding each once and keeping it in memory."""
+
+    AUTO_CACHE_MAX_IMAGES = 2000
+
+    def __init__(self, data: CaptionedImages, cache: bool | None, progress: bool = False):
+        self.paths = [r.path for r in data]
+        self.cache = len(self.paths) <= self.AUTO_CACHE_MAX_IMAGES if cache is None else bool(cache)
+        self.images: list[Image.Image] | None = None
+        if self.cache:
+            from tqdm.auto import tqdm
+
+            # Decode now, in the main process: errors surface at once, and
+            # DataLoader workers started later share the decoded images.
+            self.images = [load_image(p) for p in tqdm(self.paths, desc="decoding images", disable=not progress)]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Image.Image:
+        if self.images is not None:
+            return self.images[i]
+        return load_image(self.paths[i])
+
+
+class ImageTextDataset(torch.utils.data.Dataset):
+    """(image, caption) pairs, one item per caption, for training.
+
+    ``transform(image, caption) -> (image, caption)`` is applied to each pair
+    together, so that an augmentation can keep the caption true (see
+    :class:`siamese_utils.transforms.ImageTextTransform`). Images are decoded once
+    and cached in memory when ``cache_images`` is true (default: for splits of at
+    most 2,000 images).
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+
+    def __init__(
+        self,
+        data: CaptionedImages,
+        transform: Callable[[Image.Image, str], tuple[Any, str]] | None = None,
+        cache_images: bool | None = None,
+        progress: bool = False,
+    ):
+        self.data = data
+        self.transform = transform
+        self.images = _ImageSource(data, cache_images, progress)
+        self.captions = data.captions
+        self.txt_to_img = data.txt_to_img
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        i = int(self.txt_to_img[j])
+        image, caption = self.images[i], self.captions[j]
+        if self.transform is not None:
+            image, caption = self.transform(image, caption)
+        return {"image": image, "caption": caption, "image_index": i, "caption_index": j}
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """The images of a split, once each, in order: for encoding a gallery.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+
+    def __init__(
+        self,
+        data: CaptionedImages,
+        transform: Callable[[Image.Image], Any] | None = None,
+        cache_images: bool | None = None,
+        progress: bool = False,
+    ):
+        self.data = data
+        self.transform = transform
+        self.images = _ImageSource(data, cache_images, progress)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = self.images[i]
+        if self.transform is not None:
+            image = self.transform(image)
+        return {"image": image, "image_index": i}
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Batch:
+    """A collated batch: images, padded token ids with their attention mask, and indices.
+
+    ``image_index`` tells which items show the same image (several captions of
+    one image in a batch are not negatives of each other).
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+
+    images: torch.Tensor  # (B, 3, H, W) float
+    input_ids: torch.Tensor  # (B, T) long, T = longest caption in this batch
+    attention_mask: torch.Tensor  # (B, T) long, 1 = real token, 0 = padding
+    image_index: torch.Tensor  # (B,) long
+    caption_index: torch.Tensor  # (B,) long
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
+        return replace(
+            self,
+            images=fn(self.images),
+            input_ids=fn(self.input_ids),
+            attention_mask=fn(self.attention_mask),
+            image_index=fn(self.image_index),
+            caption_index=fn(self.caption_index),
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+        return self._map(lambda t: t.pin_memory())
+
+
+class Collator:
+    """Collate (image, caption) items into a :class:`Batch`, padding captions per batch.
+
+    Padding to the longest caption *in the batch* (dynamic padding) wastes far
+    fewer positions than padding every caption to a fixed ``max_length``;
+    captions longer than ``max_length`` tokens are truncated.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+
+    def __init__(self, tokenizer, max_length: int = 64):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            list(captions),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def __call__(self, items: list[dict[str, Any]]) -> Batch:
+        captions = [it["caption"] for it in items]
+        tokens = self.tokenize(captions)
+        return Batch(
+            images=torch.stack([it["image"] for it in items]),
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            image_index=torch.tensor([it["image_index"] for it in items], dtype=torch.long),
+            caption_index=torch.tensor([it["caption_index"] for it in items], dtype=torch.long),
+            captions=captions,
+        )
+
+
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    collate_fn: Callable | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A seeded DataLoader: the same ``seed`` gives the same batches, workers or not.
+
+    The shuffling order comes from its own generator, and each worker's Python,
+    NumPy and torch random state is derived from it (random augmentations too).
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 (load in the main process) or more, got {num_workers}")
+    if num_workers > 0:
+        # The fast tokenizer's own threads do not survive fork; keep it quiet and safe.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+

@@ -1,0 +1,472 @@
+"""The tiny synthetic dataset: scenes of simple shapes with five captions each.
+
+Explained in ``notebooks/01_preprocessing.ipynb``.
+
+The set is generated deterministically from a seed and written in the same
+on-disk format as Flickr8k, Flickr30k and COCO (Karpathy's ``dataset.json``
+plus ``images/``), so the code that reads it is the code that reads them.
+
+Scenes hold one shape, or two shapes in a spatial relation. Two-object scenes
+come in *minimal pairs*: the partner of a scene either swaps the two objects'
+places (so "a red circle left of a blue square" becomes "a blue square left of
+a red circle") or swaps their colours. Every caption of a scene has a partner
+caption with exactly the same bag of words, so a model that ignores word order
+cannot tell the two scenes apart.
+
+Pixels are rasterised with NumPy (4x supersampling for anti-aliased edges), not
+with Pillow's drawing routines, so they do not depend on the Pillow version.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "TinyConfig",
+    "COLOURS",
+    "SHAPES",
+    "make_tiny_dataset",
+    "write_tiny_dataset",
+    "render_scene",
+]
+
+# Name -> RGB. Six hues far apart, so that the colour word is never ambiguous.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (214, 39, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 90, 200),
+    "yellow": (240, 200, 20),
+    "purple": (130, 60, 170),
+    "orange": (255, 127, 14),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+# Backgrounds are never mentioned in captions: a nuisance the model must ignore.
+BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
+    (250, 250, 250),
+    (242, 238, 226),
+    (228, 228, 228),
+    (226, 236, 245),
+)
+SIZE_RADIUS = {"small": (6.0, 8.0), "large": (11.0, 14.0)}  # in pixels at 64 px
+
+SHAPE_WORDS = {
+    "circle": ("circle", "disc"),
+    "square": ("square", "box"),
+    "triangle": ("triangle",),
+    "diamond": ("diamond", "rhombus"),
+}
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+RELATION_WORDS = {
+    "left of": ("to the left of", "left of", "on the left of"),
+    "right of": ("to the right of", "right of", "on the right of"),
+    "above": ("above", "over", "on top of"),
+    "below": ("below", "under", "beneath"),
+}
+INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+# Templates: {x} and {y} are noun phrases ("a small red circle"), {rel} a relation.
+PAIR_TEMPLATES = (
+    "{x} {rel} {y}",
+    "there is {x} {rel} {y}",
+    "{x} is {rel} {y}",
+    "a picture of {x} {rel} {y}",
+    "{x} placed {rel} {y}",
+    "we see {x} {rel} {y}",
+)
+SINGLE_TEMPLATES = (
+    "{x}{where}",
+    "there is {x}{where}",
+    "a picture of {x}{where}",
+    "{x} on a plain background{where}",
+    "just {x}{where}",
+    "we see {x}{where}",
+)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """How the tiny set is made. The defaults produce the committed ``data/tiny``.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+
+    seed: int = 0
+    image_size: int = 64
+    num_train: int = 600
+    num_val: int = 100
+    num_test: int = 100
+    single_fraction: float = 0.2  # the rest are two-object scenes in minimal pairs
+    captions_per_image: int = 5
+    supersample: int = 4
+
+
+@dataclass(frozen=True)
+class _Object:
+    colour: str
+    shape: str
+    size: str
+    cx: float
+    cy: float
+    r: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "colour": self.colour,
+            "shape": self.shape,
+            "size": self.size,
+            "x": round(self.cx, 2),
+            "y": round(self.cy, 2),
+            "r": round(self.r, 2),
+        }
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def _coverage(obj: _Object, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Boolean mask of the supersampled points inside the object."""
+    dx, dy = xs - obj.cx, ys - obj.cy
+    r = obj.r
+    if obj.shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if obj.shape == "square":
+        h = 0.85 * r
+        return (np.abs(dx) <= h) & (np.abs(dy) <= h)
+    if obj.shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= 1.15 * r
+    if obj.shape == "triangle":
+        # Apex up; symmetric about the vertical axis, so a horizontal flip keeps it a triangle.
+        top, base, half = -r, 0.8 * r, 0.95 * r
+        slope = half / (base - top)
+        return (dy <= base) & (np.abs(dx) <= (dy - top) * slope)
+    raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+
+
+def render_scene(
+    objects: list[_Object] | list[dict[str, Any]],
+    background: tuple[int, int, int],
+    size: int = 64,
+    supersample: int = 4,
+) -> np.ndarray:
+    """Rasterise shapes onto a plain background; returns an ``(H, W, 3)`` uint8 array.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    s = supersample
+    # Sample points at the centres of s x s sub-pixels of every pixel.
+    grid = (np.arange(size * s, dtype=np.float64) + 0.5) / s
+    xs, ys = np.meshgrid(grid, grid)
+    img = np.empty((size, size, 3), dtype=np.float64)
+    img[:] = background
+    for obj in objects:
+        if isinstance(obj, dict):
+            obj = _Object(obj["colour"], obj["shape"], obj["size"], obj["x"], obj["y"], obj["r"])
+        inside = _coverage(obj, xs, ys).astype(np.float64)
+        alpha = inside.reshape(size, s, size, s).mean(axis=(1, 3))[..., None]
+        img = img * (1.0 - alpha) + np.asarray(COLOURS[obj.colour], dtype=np.float64) * alpha
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=9)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+class _SceneSampler:
+    def __init__(self, cfg: TinyConfig, rng: np.random.Generator):
+        self.cfg = cfg
+        self.rng = rng
+        self.size = float(cfg.image_size)
+        self.scale = cfg.image_size / 64.0
+
+    def choice(self, options):
+        return options[int(self.rng.integers(len(options)))]
+
+    def radius(self, size: str) -> float:
+        lo, hi = SIZE_RADIUS[size]
+        return float(self.rng.uniform(lo, hi)) * self.scale
+
+    def place(self, r: float) -> tuple[float, float]:
+        m = r + 2.0 * self.scale
+        return float(self.rng.uniform(m, self.size - m)), float(self.rng.uniform(m, self.size - m))
+
+    def single(self) -> list[_Object]:
+        size = self.choice(("small", "large"))
+        r = self.radius(size)
+        cx, cy = self.place(r)
+        return [_Object(self.choice(tuple(COLOURS)), self.choice(SHAPES), size, cx, cy, r)]
+
+    def pair(self, relation: str, distinct_shapes: bool) -> list[_Object]:
+        """Two objects, the first ``relation`` the second, clearly so."""
+        while True:
+            ca, cb = self.choice(tuple(COLOURS)), self.choice(tuple(COLOURS))
+            sa, sb = self.choice(SHAPES), self.choice(SHAPES)
+            if ca == cb or (distinct_shapes and sa == sb):
+                continue
+            za, zb = self.choice(("small", "large")), self.choice(("small", "large"))
+            ra, rb = self.radius(za), self.radius(zb)
+            # Margins fit the larger object at either place, so swapping places stays in frame.
+            (ax, ay), (bx, by) = self.place(max(ra, rb)), self.place(max(ra, rb))
+            gap = 3.0 * self.scale
+            along = {"left of": bx - ax, "right of": ax - bx, "above": by - ay, "below": ay - by}[relation]
+            across = abs(ay - by) if relation in ("left of", "right of") else abs(ax - bx)
+            # Separated along the relation's axis, and mostly along it.
+            if along >= ra + rb + gap and across <= 0.5 * along:
+                return [_Object(ca, sa, za, ax, ay, ra), _Object(cb, sb, zb, bx, by, rb)]
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _noun_phrase(obj: _Object, plan: dict[str, Any], key: str) -> str:
+    words = []
+    if plan[f"{key}_size"] is not None:
+        words.append(SIZE_WORDS[obj.size][plan[f"{key}_size"] % len(SIZE_WORDS[obj.size])])
+    words.append(obj.colour)
+    words.append(SHAPE_WORDS[obj.shape][plan[f"{key}_shape"] % len(SHAPE_WORDS[obj.shape])])
+    return _article(" ".join(words))
+
+
+def _where(obj: _Object, image_size: float) -> str:
+    """Where a single object is, in words; empty where no phrase would be clearly true."""
+    fx, fy = obj.cx / image_size, obj.cy / image_size
+    horiz = "left" if fx < 0.35 else "right" if fx > 0.65 else ""
+    vert = "top" if fy < 0.35 else "bottom" if fy > 0.65 else ""
+    if horiz and vert:
+        return f" in the {vert} {horiz} corner"
+    if horiz and 0.4 <= fy <= 0.6:
+        return f" on the {horiz}"
+    if vert and 0.4 <= fx <= 0.6:
+        return f" at the {vert}"
+    if 0.4 <= fx <= 0.6 and 0.4 <= fy <= 0.6:
+        return " in the middle"
+    return ""
+
+
+def _plan(sampler: _SceneSampler, templates: tuple[str, ...]) -> dict[str, Any]:
+    """Random choices behind one caption, reused for a scene's partner."""
+    rng = sampler.rng
+    # Sizes are named for both objects or for neither: then "a"/"an" follow the
+    # same words in a scene and its partner, and their bags of words stay equal.
+    sizes = rng.random() < 0.7
+    return {
+        "template": int(rng.integers(len(templates))),
+        "x_size": int(rng.integers(3)) if sizes else None,
+        "y_size": int(rng.integers(3)) if sizes else None,
+        "x_shape": int(rng.integers(2)),
+        "y_shape": int(rng.integers(2)),
+        "rel": int(rng.integers(3)),
+        "flip_view": bool(rng.random() < 0.5),  # describe from the second object's view
+        "where": bool(rng.random() < 0.5),
+        "capital": bool(rng.random() < 0.5),
+        "period": bool(rng.random() < 0.3),
+    }
+
+
+def _swap_view(plan: dict[str, Any]) -> dict[str, Any]:
+    swapped = {**plan, "flip_view": not plan["flip_view"]}
+    for key in ("size", "shape"):
+        swapped[f"x_{key}"], swapped[f"y_{key}"] = plan[f"y_{key}"], plan[f"x_{key}"]
+    return swapped
+
+
+def _finish(text: str, plan: dict[str, Any]) -> str:
+    if plan["capital"]:
+        text = text[0].upper() + text[1:]
+    return text + ("." if plan["period"] else "")
+
+
+def _caption_single(obj: _Object, plan: dict[str, Any], image_size: float) -> str:
+    where = _where(obj, image_size) if plan["where"] else ""
+    text = SINGLE_TEMPLATES[plan["template"]].format(x=_noun_phrase(obj, plan, "x"), where=where)
+    return _finish(text, plan)
+
+
+def _caption_pair(objs: list[_Object], relation: str, plan: dict[str, Any]) -> str:
+    a, b = objs
+    # The same plan reads "A rel B" or "B inverse(rel) A"; the partner scene's
+    # caption picks its view so that its relation word is the same one.
+    x, y, rel = (b, a, INVERSE[relation]) if plan["flip_view"] else (a, b, relation)
+    text = PAIR_TEMPLATES[plan["template"]].format(
+        x=_noun_phrase(x, plan, "x"),
+        y=_noun_phrase(y, plan, "y"),
+        rel=RELATION_WORDS[rel][plan["rel"]],
+    )
+    return _finish(text, plan)
+
+
+def _scene_record(kind: str, objs: list[_Object], relation: str | None, bg: tuple[int, int, int]):
+    scene: dict[str, Any] = {"kind": kind, "background": list(bg), "objects": [o.as_dict() for o in objs]}
+    if relation is not None:
+        scene["relation"] = relation
+    return scene
+
+
+def _generate_split(sampler: _SceneSampler, n: int) -> list[dict[str, Any]]:
+    """Scenes for one split: singles, then minimal pairs (adjacent, same split)."""
+    cfg = sampler.cfg
+    n_single = int(round(n * cfg.single_fraction))
+    n_pairs = (n - n_single) // 2
+    n_single = n - 2 * n_pairs
+    out: list[dict[str, Any]] = []
+    for _ in range(n_single):
+        objs = sampler.single()
+        bg = sampler.choice(BACKGROUNDS)
+        plans = [_plan(sampler, SINGLE_TEMPLATES) for _ in range(cfg.captions_per_image)]
+        caps = [_caption_single(objs[0], p, sampler.size) for p in plans]
+        out.append({"scene": _scene_record("single", objs, None, bg), "captions": caps, "objs": objs})
+    for i in range(n_pairs):
+        swap = "swap_places" if i % 2 == 0 else "swap_colours"
+        relation = sampler.choice(tuple(RELATION_WORDS))
+        objs = sampler.pair(relation, distinct_shapes=swap == "swap_colours")
+        bg = sampler.choice(BACKGROUNDS)
+        a, b = objs
+        if swap == "swap_places":
+            # Each object moves to the other's place: the first is now the other side.
+            partner = [replace(a, cx=b.cx, cy=b.cy), replace(b, cx=a.cx, cy=a.cy)]
+            partner_relation = INVERSE[relation]
+        else:
+            partner = [replace(a, colour=b.colour), replace(b, colour=a.colour)]
+            partner_relation = relation
+        plans = [_plan(sampler, PAIR_TEMPLATES) for _ in range(cfg.captions_per_image)]
+        caps = [_caption_pair(objs, relation, p) for p in plans]
+        if swap == "swap_places":
+            # Read the partner from the other view, each object keeping its words:
+            # the same bag of words in another order.
+            pplans = [_swap_view(p) for p in plans]
+        else:
+            pplans = plans
+        pcaps = [_caption_pair(partner, partner_relation, p) for p in pplans]
+        first = len(out)
+        out.append({"scene": _scene_record(swap, objs, relation, bg), "captions": caps, "objs": objs})
+        out.append(
+            {"scene": _scene_record(swap, partner, partner_relation, bg), "captions": pcaps, "objs": partner}
+        )
+        out[first]["scene"]["partner"], out[first + 1]["scene"]["partner"] = first + 1, first
+    return out
+
+
+def _karpathy_tokens(raw: str) -> list[str]:
+    """Karpathy's ``tokens`` field: lower-case words without punctuation."""
+    return "".join(c if c.isalnum() or c.isspace() else " " for c in raw.lower()).split()
+
+
+def make_tiny_dataset(config: TinyConfig = TinyConfig()) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Generate the tiny set in memory: the ``dataset.json`` dict and ``{filename: png bytes}``.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    rng = np.random.default_rng(config.seed)
+    sampler = _SceneSampler(config, rng)
+    images: list[dict[str, Any]] = []
+    files: dict[str, bytes] = {}
+    sentid = 0
+    for split, n in (("train", config.num_train), ("val", config.num_val), ("test", config.num_test)):
+        block = _generate_split(sampler, n)
+        base = len(images)
+        for j, item in enumerate(block):
+            imgid = base + j
+            filename = f"{imgid:06d}.png"
+            sentences = []
+            for raw in item["captions"]:
+                sentences.append({"raw": raw, "tokens": _karpathy_tokens(raw), "imgid": imgid, "sentid": sentid})
+                sentid += 1
+            scene = item["scene"]
+            if "partner" in scene:
+                scene["partner"] += base  # an imgid, like the entry's own
+            images.append(
+                {
+                    "filename": filename,
+                    "imgid": imgid,
+                    "split": split,
+                    "sentids": [s["sentid"] for s in sentences],
+                    "sentences": sentences,
+                    "scene": scene,
+                }
+            )
+            files[filename] = _png_bytes(
+                render_scene(item["objs"], tuple(scene["background"]), config.image_size, config.supersample)
+            )
+    meta = {"dataset": "tiny", "generator": {"module": "siamese_utils.tiny", **config.__dict__}}
+    return {**meta, "images": images}, files
+
+
+def dumps_dataset_json(dataset: dict[str, Any]) -> str:
+    """Serialise a Karpathy-format dict with one image per line (small, diff-friendly)."""
+    head = {k: v for k, v in dataset.items() if k != "images"}
+    lines = [json.dumps(img, ensure_ascii=False, separators=(",", ":")) for img in dataset["images"]]
+    head_text = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[1:-1]
+    return "{" + head_text + ',"images":[\n' + ",\n".join(lines) + "\n]}\n"
+
+
+def write_tiny_dataset(out_dir: str | os.PathLike, config: TinyConfig = TinyConfig(), overwrite: bool = False) -> Path:
+    """Write the tiny set to ``out_dir`` (``dataset.json`` and ``images/``).
+
+    The folder is built next to its destination and moved into place only when
+    complete, so a failure never leaves half a dataset. An existing folder is
+    replaced only with ``overwrite=True``.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} already exists and is not empty; pass overwrite=True (CLI: --overwrite) "
+            "to replace it, or choose another folder."
+        )
+    dataset, files = make_tiny_dataset(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        for name, data in files.items():
+            (tmp / "images" / name).write_bytes(data)
+        (tmp / "dataset.json").write_text(dumps_dataset_json(dataset), encoding="utf-8")
+        (tmp / "README.md").write_text(_README.format(**config.__dict__), encoding="utf-8")
+        if out.exists():
+            old = out.with_name(f".{out.name}-old")
+            if old.exists():
+                shutil.rmtree(old)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+_README = """# The tiny dataset
+
+Synthetic scenes of simple shapes, five captions per image, generated by
+`siamese_utils.tiny` with seed {seed} ({num_train} train / {num_val} val / {num_test} test
+images, {image_size}x{image_size} px). Do not edit by hand: regenerate with
+
+    python -m siamese_utils make-tiny --out data/tiny --overwrite
+
+A test checks that this folder is byte-identical to what that command writes.
+
+Format: Karpathy's `dataset.json` (as for Flickr8k, Flickr30k and COCO) and the
+images under `images/`. Each entry also carries `scene`, the ground truth it was
+drawn from: its objects, their relation, and for two-object scenes the `imgid`
+of its `partner`, the scene with the two objects' places or colours swapped
+(`kind`: `swap_places` or `swap_colours`), whose captions use the same bags of
+words. See notebooks/01_preprocessing.ipynb.
+"""

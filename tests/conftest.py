@@ -1,0 +1,63 @@
+"""Shared fixtures. Every test runs offline: nothing may reach a model hub."""
+
+import os
+
+# Before transformers or huggingface_hub are imported anywhere (they read these
+# at import time), and inherited by the kernels nbval starts for the notebooks.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "data" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from siamese_utils.text import load_tokenizer
+
+    return load_tokenizer()
+
+
+def write_image(path: Path, color=(200, 30, 30), size=(8, 6), fmt=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+def karpathy_entry(filename, split="train", captions=("a red thing", "a thing that is red"), **extra):
+    return {"filename": filename, "split": split, "sentences": [{"raw": c} for c in captions], **extra}
+
+
+@pytest.fixture
+def make_karpathy(tmp_path):
+    """Write DIR/dataset.json (and, by default, the images it names); return DIR."""
+
+    def make(entries, write_images=True, folder="ds"):
+        root = tmp_path / folder
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        for e in entries:
+            if write_images and isinstance(e, dict) and isinstance(e.get("filename"), str):
+                sub = e.get("filepath") or ""
+                write_image(root / "images" / sub / e["filename"])
+        (root / "dataset.json").write_text(json.dumps({"images": entries}), encoding="utf-8")
+        return root
+
+    return make
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
