@@ -19,7 +19,13 @@ from .tiny import TinyConfig, write_tiny_dataset
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    config = TinyConfig(seed=args.seed)
+    config = TinyConfig(
+        seed=args.seed,
+        image_size=args.image_size,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test=args.num_test,
+    )
     out = write_tiny_dataset(args.out, config, overwrite=args.overwrite)
     data = read_dataset(out)
     print(f"wrote {out}: {len(data)} images, {data.num_captions} captions (seed {args.seed})")
@@ -46,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny", help="write the tiny synthetic dataset")
     p.add_argument("--out", type=Path, default=Path("data/tiny"), help="folder to write (default: data/tiny)")
     p.add_argument("--seed", type=int, default=TinyConfig.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=TinyConfig.image_size, help="pixels (default: %(default)s)")
+    for split in ("train", "val", "test"):
+        default = getattr(TinyConfig, f"num_{split}")
+        p.add_argument(f"--num-{split}", type=int, default=default, help=f"{split} images (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace the folder if it exists")
     p.set_defaults(func=_make_tiny)
 
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, FileExistsError) as e:
+    except (DatasetError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

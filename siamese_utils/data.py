@@ -82,6 +82,7 @@ class ImageRecord:
     split: str  # train, val, test or restval, as written in the file
     captions: tuple[str, ...]
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    origin: str = field(default="", compare=False, repr=False)  # where the file defines it, for messages
 
     @property
     def name(self) -> str:
@@ -180,7 +181,7 @@ class CaptionedImages(Sequence[ImageRecord]):
             try:
                 load_image(r.path)
             except DatasetError as e:
-                problems.append(f"entry #{r.index} ({r.name}): {e}")
+                problems.append(f"{r.origin or r.name}: {e}")
         if problems:
             _raise_problems(self.source, problems, "Replace or re-download these files, or remove their entries.")
 
@@ -284,7 +285,7 @@ def read_karpathy_json(
         name = f"{filepath}/{filename}" if filepath else filename
         meta = {k: v for k, v in entry.items() if k not in ("filename", "filepath", "split", "sentences")}
         meta["_name"] = name
-        records.append(ImageRecord(i, root / name, split, tuple(captions), meta))
+        records.append(ImageRecord(i, root / name, split, tuple(captions), meta, origin=where))
     if problems:
         _raise_problems(path, problems, f"Fix these entries in {path.name} or remove them; {FORMAT_HELP}.")
     if not records:
@@ -329,6 +330,7 @@ def read_captions_csv(
         reader.fieldnames = header
         has_split = "split" in header
         order: dict[str, int] = {}
+        first_line: dict[str, int] = {}
         captions: dict[str, list[str]] = {}
         splits: dict[str, str] = {}
         problems: list[str] = []
@@ -354,7 +356,9 @@ def read_captions_csv(
                             f"{splits[image]!r}; an image belongs to one split"
                         )
                         continue
-                order.setdefault(image, len(order))
+                if image not in order:
+                    order[image] = len(order)
+                    first_line[image] = line
                 captions.setdefault(image, []).append(caption)
         except csv.Error as e:
             problems.append(f"line {reader.line_num}: {e}")
@@ -365,7 +369,10 @@ def read_captions_csv(
     names = list(order)
     if not has_split:
         splits = _random_splits(names, val_fraction, test_fraction, seed)
-    records = [ImageRecord(i, root / n, splits[n], tuple(captions[n]), {"_name": n}) for i, n in enumerate(names)]
+    records = [
+        ImageRecord(i, root / n, splits[n], tuple(captions[n]), {"_name": n}, origin=f"line {first_line[n]} ({n})")
+        for i, n in enumerate(names)
+    ]
     if check_files:
         _check_files_exist(path, records, root)
     return CaptionedImages(records, path)
@@ -392,7 +399,7 @@ def _check_files_exist(source: Path, records: list[ImageRecord], root: Path) -> 
             f"{source}: the image folder {root} does not exist. Put the images there "
             f"(as images/<filepath>/<filename>); {FORMAT_HELP}."
         )
-    missing = [f"entry #{r.index}: {r.path} is missing" for r in records if not r.path.is_file()]
+    missing = [f"{r.origin}: {r.path} is missing" for r in records if not r.path.is_file()]
     if missing:
         _raise_problems(
             source,

@@ -109,6 +109,19 @@ class TinyConfig:
     captions_per_image: int = 5
     supersample: int = 4
 
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ValueError(f"image_size={self.image_size}: use at least 16 pixels so the shapes stay recognisable")
+        if self.num_train < 1 or self.num_val < 0 or self.num_test < 0:
+            raise ValueError(
+                f"image counts train={self.num_train}, val={self.num_val}, test={self.num_test}: "
+                "train needs at least 1 image, val and test at least 0"
+            )
+        if not 0.0 <= self.single_fraction <= 1.0:
+            raise ValueError(f"single_fraction={self.single_fraction} is a fraction; use a value in [0, 1]")
+        if self.captions_per_image < 1 or self.supersample < 1:
+            raise ValueError("captions_per_image and supersample must be at least 1")
+
 
 @dataclass(frozen=True)
 class _Object:

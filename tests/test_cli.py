@@ -1,0 +1,52 @@
+"""The command line: make-tiny and info, with clear errors and nothing lost."""
+
+import json
+import subprocess
+import sys
+
+from siamese_utils.__main__ import main
+
+
+SMALL = ["--num-train", "6", "--num-val", "2", "--num-test", "2"]
+
+
+def test_make_tiny_then_info(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    assert main(["make-tiny", "--out", str(out), "--seed", "3", *SMALL]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert json.loads((out / "dataset.json").read_text())["generator"]["seed"] == 3
+    assert main(["info", "--data", str(out), "--check-images"]) == 0
+    printed = capsys.readouterr().out
+    assert "10 images, 50 captions" in printed and "all 10 images decode" in printed
+
+    # A second run without --overwrite refuses and keeps the folder as it was.
+    before = (out / "dataset.json").read_bytes()
+    assert main(["make-tiny", "--out", str(out), *SMALL]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "dataset.json").read_bytes() == before
+
+
+def test_info_on_a_broken_dataset_is_one_clear_line(tmp_path):
+    (tmp_path / "dataset.json").write_text('{"images": [{"filename": "a.jpg"}]}')
+    (tmp_path / "images").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "siamese_utils", "info", "--data", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {tmp_path / 'dataset.json'}: 1 problem")
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_flag_is_refused(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["make-tiny", "--sed", "1"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --sed" in capsys.readouterr().err
+
+
+def test_bad_values_are_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    assert main(["make-tiny", "--out", str(out), "--num-train", "-3"]) == 2
+    assert "train=-3" in capsys.readouterr().err
+    assert not out.exists()
