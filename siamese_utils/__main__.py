@@ -3,7 +3,8 @@
 Commands:
 
 - ``make-tiny``: write the tiny synthetic dataset (``data/tiny``);
-- ``info``: read a dataset folder, print its splits, optionally decode every image.
+- ``info``: read a dataset folder, print its splits, optionally decode every image;
+- ``refresh-notebooks``: re-execute notebooks in place, so stored outputs are one in-order run.
 
 Explained in ``notebooks/01_preprocessing.ipynb``.
 """
@@ -42,6 +43,25 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refresh(args: argparse.Namespace) -> int:
+    from .notebooks import execute_notebook
+
+    paths = args.notebooks or sorted(Path("notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        print("error: no notebooks given, and none match notebooks/NN_*.ipynb here", file=sys.stderr)
+        return 2
+    from nbclient.exceptions import CellExecutionError
+
+    for path in paths:
+        print(f"executing {path} ...", flush=True)
+        try:
+            execute_notebook(path, timeout=args.timeout)
+        except CellExecutionError as e:
+            print(f"error: {path} failed; the file was left as it was.\n{e}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m siamese_utils",
@@ -63,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
     p.add_argument("--check-images", action="store_true", help="also decode every image")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("refresh-notebooks", help="re-execute notebooks in place (default: notebooks/NN_*.ipynb)")
+    p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: all, in order)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: %(default)s)")
+    p.set_defaults(func=_refresh)
     return parser
 
 

@@ -53,7 +53,11 @@ def show_pairs(
     nrows = (n + ncols - 1) // ncols
     lines = max((len(textwrap.wrap(c, wrap)) for c in captions), default=1)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(width * ncols, (width + 0.2 * lines + 0.2) * nrows), squeeze=False
+        nrows,
+        ncols,
+        figsize=(width * ncols, (width + 0.17 * lines + 0.1) * nrows + (0.4 if title else 0.0)),
+        squeeze=False,
+        layout="constrained",
     )
     for ax in axes.flat:
         ax.axis("off")
@@ -62,27 +66,29 @@ def show_pairs(
         ax.set_title("\n".join(textwrap.wrap(cap, wrap)), fontsize=9, loc="center")
     if title:
         fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
     return fig
 
 
-def plot_caption_lengths(lengths: Sequence[int], max_length: int | None = None, title: str = "Caption lengths"):
-    """Histogram of caption lengths in tokens, with a ``max_length`` cut-off marked.
+def plot_caption_lengths(
+    lengths: Sequence[int], max_length: int | Sequence[int] = (), title: str = "Caption lengths"
+):
+    """Histogram of caption lengths in tokens, with ``max_length`` cut-offs marked.
 
     Explained in ``notebooks/01_preprocessing.ipynb``.
     """
     import matplotlib.pyplot as plt
 
     lengths = np.asarray(lengths)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    bins = np.arange(lengths.min(), lengths.max() + 2) - 0.5
+    cuts = [max_length] if isinstance(max_length, int) else list(max_length)
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+    bins = np.arange(lengths.min(), max([lengths.max(), *cuts]) + 2) - 0.5
     ax.hist(lengths, bins=bins, color="#4c72b0", edgecolor="white")
-    if max_length is not None:
-        cut = float((lengths > max_length).mean() * 100)
-        ax.axvline(max_length + 0.5, color="#c44e52", linestyle="--", label=f"max_length={max_length}: {cut:.1f}% truncated")
+    for cut, style in zip(cuts, ("--", ":", "-.", "-")):
+        share = float((lengths > cut).mean() * 100)
+        ax.axvline(cut + 0.5, color="#c44e52", linestyle=style, label=f"max_length={cut}: {share:.1f}% truncated")
+    if cuts:
         ax.legend(loc="upper right")
     ax.set_xlabel("tokens per caption (with [CLS] and [SEP])")
     ax.set_ylabel("captions")
     ax.set_title(title)
-    fig.tight_layout()
     return fig
