@@ -77,17 +77,13 @@ class ImageRecord:
     Explained in ``notebooks/01_preprocessing.ipynb``.
     """
 
-    index: int  # position in the file; stable across splits
+    index: int  # position in the dataset file; stable across splits
+    name: str  # the image's path below images/: "<filepath>/<filename>" or "<filename>"
     path: Path  # where the image file is
     split: str  # train, val, test or restval, as written in the file
     captions: tuple[str, ...]
-    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the entry's other fields
     origin: str = field(default="", compare=False, repr=False)  # where the file defines it, for messages
-
-    @property
-    def name(self) -> str:
-        """The image's path below ``images/``, as the dataset file names it."""
-        return self.meta.get("_name", self.path.name)
 
 
 class CaptionedImages(Sequence[ImageRecord]):
@@ -284,8 +280,7 @@ def read_karpathy_json(
             continue
         name = f"{filepath}/{filename}" if filepath else filename
         meta = {k: v for k, v in entry.items() if k not in ("filename", "filepath", "split", "sentences")}
-        meta["_name"] = name
-        records.append(ImageRecord(i, root / name, split, tuple(captions), meta, origin=where))
+        records.append(ImageRecord(i, name, root / name, split, tuple(captions), meta, origin=where))
     if problems:
         _raise_problems(path, problems, f"Fix these entries in {path.name} or remove them; {FORMAT_HELP}.")
     if not records:
@@ -370,7 +365,7 @@ def read_captions_csv(
     if not has_split:
         splits = _random_splits(names, val_fraction, test_fraction, seed)
     records = [
-        ImageRecord(i, root / n, splits[n], tuple(captions[n]), {"_name": n}, origin=f"line {first_line[n]} ({n})")
+        ImageRecord(i, n, root / n, splits[n], tuple(captions[n]), origin=f"line {first_line[n]} ({n})")
         for i, n in enumerate(names)
     ]
     if check_files:
