@@ -449,14 +449,19 @@ def write_tiny_dataset(out_dir: str | os.PathLike, config: TinyConfig = TinyConf
         (tmp / "images").mkdir()
         for name, data in files.items():
             (tmp / "images" / name).write_bytes(data)
-        (tmp / "dataset.json").write_text(dumps_dataset_json(dataset), encoding="utf-8")
-        (tmp / "README.md").write_text(_README.format(**config.__dict__), encoding="utf-8")
+        # Bytes, not text: the same "\n" line endings on every platform.
+        (tmp / "dataset.json").write_bytes(dumps_dataset_json(dataset).encode("utf-8"))
+        (tmp / "README.md").write_bytes(_README.format(**config.__dict__).encode("utf-8"))
         if out.exists():
             old = out.with_name(f".{out.name}-old")
             if old.exists():
                 shutil.rmtree(old)
             out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)  # put the previous set back
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(out)

@@ -50,3 +50,34 @@ def test_bad_values_are_refused_before_anything_is_written(tmp_path, capsys):
     assert main(["make-tiny", "--out", str(out), "--num-train", "-3"]) == 2
     assert "train=-3" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _notebook(path, *sources):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_refresh_notebooks_executes_in_place(tmp_path, capsys):
+    import nbformat
+
+    path = _notebook(tmp_path / "01_demo.ipynb", "x = 6 * 7", "import os; print(x, os.environ['HF_HUB_OFFLINE'])")
+    assert main(["refresh-notebooks", str(path)]) == 0
+    nb = nbformat.read(path, as_version=4)
+    assert [c.execution_count for c in nb.cells] == [1, 2]
+    assert nb.cells[1].outputs[0]["text"] == "42 1\n"
+    assert all("execution" not in c.metadata for c in nb.cells)
+    assert "version" not in nb.metadata.get("language_info", {})
+
+
+def test_refresh_leaves_a_failing_notebook_untouched(tmp_path, capsys):
+    path = _notebook(tmp_path / "02_broken.ipynb", "1 / 0")
+    before = path.read_bytes()
+    assert main(["refresh-notebooks", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "02_broken.ipynb failed; the file was left as it was" in err and "ZeroDivisionError" in err
+    assert path.read_bytes() == before

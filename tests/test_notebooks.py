@@ -47,7 +47,7 @@ def test_house_skeleton(path):
     markdown = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
     number = path.name[:2]
     assert re.match(rf"# {number} · \S", _source(cells[0])), "first line: '# NN · Title'"
-    assert f"colab.research.google.com/github/" in markdown and f"notebooks/{path.name}" in markdown
+    assert "colab.research.google.com/github/" in markdown and f"notebooks/{path.name}" in markdown
     for heading in ("## Summary", "## Exercises", "## References"):
         assert f"\n{heading}" in markdown, heading
     tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]

@@ -136,3 +136,21 @@ def test_other_sizes_scale_the_scene(tmp_path):
     out = write_tiny_dataset(tmp_path / "big", cfg)
     data = read_dataset(out)
     assert load_image(data[0].path).size == (128, 128)
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    small = TinyConfig(num_train=4, num_val=2, num_test=2)
+    out = write_tiny_dataset(tmp_path / "tiny", small)
+    before = {n: p.read_bytes() for n, p in _files(out).items()}
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.name.startswith(".tiny-") and not self.name.endswith("-old"):  # the new set moving in
+            raise OSError("device busy")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="device busy"):
+        write_tiny_dataset(out, TinyConfig(seed=1, num_train=4, num_val=2, num_test=2), overwrite=True)
+    assert {n: p.read_bytes() for n, p in _files(out).items()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
