@@ -18,6 +18,7 @@ rows (one row per caption, optional ``split`` column) beside ``DIR/images/``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import warnings
@@ -244,6 +245,7 @@ def read_karpathy_json(
 
     records: list[ImageRecord] = []
     problems: list[str] = []
+    seen: dict[str, str] = {}
     for i, entry in enumerate(doc["images"]):
         where = f"images[{i}]"
         if not isinstance(entry, dict):
@@ -270,8 +272,10 @@ def read_karpathy_json(
         captions = []
         for j, s in enumerate(sentences):
             raw = s.get("raw") if isinstance(s, dict) else None
-            if not isinstance(raw, str):
+            if raw is None:
                 problems.append(f'{where}: sentences[{j}] has no "raw" caption text')
+            elif not isinstance(raw, str):
+                problems.append(f'{where}: sentences[{j}] "raw" must be text, found {raw!r}')
             elif not raw.strip():
                 problems.append(f"{where}: sentences[{j}] is an empty caption; write one or remove it")
             else:
@@ -279,6 +283,10 @@ def read_karpathy_json(
         if len(captions) != len(sentences):
             continue
         name = f"{filepath}/{filename}" if filepath else filename
+        if name in seen:
+            problems.append(f"{where}: {name} is listed twice (also {seen[name]}); merge its captions into one entry")
+            continue
+        seen[name] = where
         meta = {k: v for k, v in entry.items() if k not in ("filename", "filepath", "split", "sentences")}
         records.append(ImageRecord(i, name, root / name, split, tuple(captions), meta, origin=where))
     if problems:
@@ -310,10 +318,14 @@ def read_captions_csv(
     path = Path(path)
     root = Path(images_root) if images_root is not None else path.parent / "images"
     try:
-        f = open(path, newline="", encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not a column name
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found; {FORMAT_HELP}.") from None
-    with f:
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8 and try again."
+        ) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if "image" not in header or "caption" not in header:
@@ -448,6 +460,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 return to_rgb(upright if upright is not None else im)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found; put it there or remove its entry from the dataset file.") from None
+    except Image.DecompressionBombError as e:
+        raise DatasetError(
+            f"{path}: {e} If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS; otherwise remove its entry."
+        ) from None
     except UnidentifiedImageError:
         raise DatasetError(
             f"{path}: not an image file Pillow can read; replace it with the real image or remove its entry."

@@ -67,6 +67,7 @@ def test_extra_fields_are_kept(make_karpathy):
         ({"filename": "a.jpg", "split": "train"}, r'images\[0\] \(a.jpg\): no "sentences"'),
         ({"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["x"]}]}, r'sentences\[0\] has no "raw"'),
         (karpathy_entry("a.jpg", captions=["a cat", "   "]), r"sentences\[1\] is an empty caption"),
+        ({"filename": "a.jpg", "split": "train", "sentences": [{"raw": 7}]}, r'sentences\[0\] "raw" must be text, found 7'),
         ("a.jpg", r"images\[0\]: expected an object, found str"),
     ],
 )
@@ -76,6 +77,12 @@ def test_bad_entries_are_named(make_karpathy, entry, message):
         read_dataset(root)
     assert str(root / "dataset.json") in str(err.value)
     assert "Fix these entries in dataset.json" in str(err.value)
+
+
+def test_an_image_listed_twice(make_karpathy):
+    root = make_karpathy([karpathy_entry("a.jpg"), karpathy_entry("b.jpg"), karpathy_entry("a.jpg", "test")])
+    with pytest.raises(DatasetError, match=r"images\[2\] \(a.jpg\): a.jpg is listed twice \(also images\[0\]"):
+        read_dataset(root)
 
 
 def test_all_problems_reported_at_once(make_karpathy):
@@ -174,6 +181,18 @@ def test_bad_csv(tmp_path, text, message):
     assert str(root / "captions.csv") in str(err.value)
 
 
+def test_csv_from_a_spreadsheet_with_a_byte_order_mark(tmp_path):
+    root = _csv(tmp_path, "\ufeffimage,caption\r\na.jpg,a red thing\r\n")
+    assert read_dataset(root)[0].captions == ("a red thing",)
+
+
+def test_csv_that_is_not_utf8(tmp_path):
+    root = _csv(tmp_path, "")
+    (root / "captions.csv").write_bytes("image,caption\na.jpg,un caf\u00e9 cr\u00e8me\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="not UTF-8 text .*save the file as UTF-8"):
+        read_dataset(root)
+
+
 def test_csv_missing_images(tmp_path):
     root = _csv(tmp_path, "image,caption\na.jpg,x\nzzz.jpg,y\n")
     with pytest.raises(DatasetError, match=r"line 3 \(zzz.jpg\): .*zzz\.jpg is missing"):
@@ -263,6 +282,13 @@ def test_bad_image_files_have_clear_errors(tmp_path):
         with pytest.raises(DatasetError, match=message) as err:
             load_image(path)
         assert str(path) in str(err.value)
+
+
+def test_an_image_too_large_to_trust(tmp_path, monkeypatch):
+    p = write_image(tmp_path / "huge.png", size=(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is more than twice this: refused
+    with pytest.raises(DatasetError, match="huge.png: .*MAX_IMAGE_PIXELS"):
+        load_image(p)
 
 
 def test_check_images_lists_every_bad_file(make_karpathy):
