@@ -13,23 +13,24 @@ a red circle") or swaps their colours. Every caption of a scene has a partner
 caption with exactly the same bag of words, so a model that ignores word order
 cannot tell the two scenes apart.
 
-Pixels are rasterised with NumPy (4x supersampling for anti-aliased edges), not
-with Pillow's drawing routines, so they do not depend on the Pillow version.
+Pixels are rasterised with NumPy (4x supersampling for anti-aliased edges) and
+written as PNG by the standard library, not by Pillow's drawing routines and
+encoder, so the files do not depend on the Pillow version.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 __all__ = [
     "TinyConfig",
@@ -191,9 +192,20 @@ def render_scene(
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=9)
-    return buf.getvalue()
+    """Encode an ``(H, W, 3)`` uint8 array as a PNG file, byte for byte the same everywhere.
+
+    Written out here rather than by Pillow, whose bundled compressor changes with
+    its releases: rows unfiltered, compressed by the standard library's zlib
+    (level 9), whose output has not changed in decades.
+    """
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].tobytes() for y in range(h))  # filter type 0 on every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlacing
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
 
 
 # --------------------------------------------------------------------------- scenes
