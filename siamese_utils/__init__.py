@@ -9,8 +9,10 @@ explains it. The modules follow the stages of the series:
 - ``tiny``: the tiny synthetic dataset shipped in ``data/tiny``;
 - ``transforms``: image preprocessing and caption-aware augmentation;
 - ``text``: the offline BERT WordPiece tokenizer and caption helpers;
+- ``models``: the seed's fused network, image and text towers, the dual
+  encoder and the cross-encoder;
 - ``plotting``: figures;
-- ``runtime``: seeds and devices.
+- ``runtime``: seeds, devices and offline mode.
 """
 
 from .data import (
@@ -25,6 +27,7 @@ from .data import (
     make_loader,
     read_dataset,
 )
+from .models import CrossEncoder, DualEncoder, ModelConfig, SeedSiameseNetwork, build_model
 from .runtime import choose_device, seed_everything, seed_worker
 from .text import load_tokenizer, swap_left_right
 from .transforms import ImageTextTransform, ImageTransformConfig, build_image_transform
@@ -35,13 +38,18 @@ __all__ = [
     "Batch",
     "CaptionedImages",
     "Collator",
+    "CrossEncoder",
     "DatasetError",
+    "DualEncoder",
     "ImageDataset",
     "ImageRecord",
     "ImageTextDataset",
     "ImageTextTransform",
     "ImageTransformConfig",
+    "ModelConfig",
+    "SeedSiameseNetwork",
     "build_image_transform",
+    "build_model",
     "choose_device",
     "load_image",
     "load_tokenizer",

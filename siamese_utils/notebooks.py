@@ -35,7 +35,7 @@ def execute_notebook(path: str | os.PathLike, timeout: int = 1800, kernel_name: 
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    env_offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env_offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "SIAMESE_OFFLINE": "1"}
     saved = {k: os.environ.get(k) for k in env_offline}
     os.environ.update(env_offline)  # the kernel inherits this: the series never downloads
     try:

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "seed_worker", "choose_device"]
+__all__ = ["seed_everything", "seed_worker", "choose_device", "is_offline"]
 
 
 def seed_everything(seed: int) -> None:
@@ -59,3 +59,17 @@ def choose_device(prefer: str | None = None) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+OFFLINE_VARIABLES = ("SIAMESE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def is_offline() -> bool:
+    """Whether downloads are off: ``SIAMESE_OFFLINE``, ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to 1.
+
+    Code that could fetch weights (torchvision's ImageNet checkpoints, the
+    hub's BERT) then uses local copies only and never opens a connection.
+
+    Explained in ``notebooks/02_model_construction.ipynb``.
+    """
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES)

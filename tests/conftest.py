@@ -6,6 +6,7 @@ import os
 # at import time), and inherited by the kernels nbval starts for the notebooks.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["SIAMESE_OFFLINE"] = "1"  # torchvision's ImageNet weights: the local cache only
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import json  # noqa: E402

@@ -100,3 +100,16 @@ def test_choose_device(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available here"):
             choose_device("cuda")
+
+
+@pytest.mark.parametrize("variable", ["SIAMESE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_offline_mode_follows_any_of_the_usual_variables(monkeypatch, variable):
+    from siamese_utils.runtime import is_offline
+
+    for v in ("SIAMESE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(v, raising=False)
+    assert not is_offline()
+    monkeypatch.setenv(variable, "0")
+    assert not is_offline()
+    monkeypatch.setenv(variable, "1")
+    assert is_offline()
