@@ -1,6 +1,6 @@
 """Figures used across the series: small helpers, each with a title, labelled axes and a size.
 
-Explained in ``notebooks/01_preprocessing.ipynb``.
+Explained in ``notebooks/01_preprocessing.ipynb`` and ``notebooks/02_model_construction.ipynb``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
-__all__ = ["show_pairs", "plot_caption_lengths"]
+__all__ = ["show_pairs", "plot_caption_lengths", "plot_similarity"]
 
 
 def _as_display_array(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -90,5 +90,72 @@ def plot_caption_lengths(
         ax.legend(loc="upper right")
     ax.set_xlabel("tokens per caption (with [CLS] and [SEP])")
     ax.set_ylabel("captions")
+    ax.set_title(title)
+    return fig
+
+
+def plot_similarity(
+    sim,
+    images: Sequence | None = None,
+    captions: Sequence[str] | None = None,
+    txt_to_img: Sequence[int] | None = None,
+    title: str = "Similarity of every image with every caption",
+    annotate: bool = True,
+    cell: float = 1.0,
+    wrap: int = 16,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+):
+    """Heatmap of an (images x captions) similarity matrix, with thumbnails and captions on the axes.
+
+    ``txt_to_img[j]`` is the image caption ``j`` belongs to; those cells are
+    outlined, so a trained model should light them up. Values are written in
+    the cells when ``annotate``. Returns the figure.
+
+    Explained in ``notebooks/02_model_construction.ipynb``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    sim = sim.detach().cpu().float().numpy() if isinstance(sim, torch.Tensor) else np.asarray(sim, dtype=float)
+    if sim.ndim != 2:
+        raise ValueError(f"sim must be a 2-D (images x captions) matrix, got shape {sim.shape}")
+    n, m = sim.shape
+    if images is not None and len(images) != n:
+        raise ValueError(f"sim has {n} rows (images) but {len(images)} images were given")
+    if captions is not None and len(captions) != m:
+        raise ValueError(f"sim has {m} columns (captions) but {len(captions)} captions were given")
+    if txt_to_img is not None and len(txt_to_img) != m:
+        raise ValueError(f"sim has {m} columns (captions) but txt_to_img has {len(txt_to_img)} entries")
+    lines = max((len(textwrap.wrap(c, wrap)) for c in captions), default=1) if captions is not None else 1
+    left = 1.1 if images is not None else 0.0  # a column of thumbnails, in units of cells
+    fig, ax = plt.subplots(figsize=(cell * (m + left) + 1.8, cell * n + 0.15 * lines + 0.9), layout="constrained")
+    limit = max(float(np.abs(sim).max()), 1e-6)
+    shown = ax.imshow(sim, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    fig.colorbar(shown, ax=ax, shrink=0.8, label="cosine similarity")
+    if annotate:
+        for i in range(n):
+            for j in range(m):
+                ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(sim[i, j]) > 0.6 * limit else "black")
+    if txt_to_img is not None:
+        for j, i in enumerate(txt_to_img):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.0))
+    if images is not None:  # thumbnails in data coordinates, left of their rows: they scale with the axes
+        for i, image in enumerate(images):
+            ax.imshow(_as_display_array(image, mean, std), extent=(-0.55 - left + 0.1, -0.55, i + 0.45, i - 0.45),
+                      interpolation="nearest")
+    ax.set_xlim(-0.5 - left, m - 0.5)
+    ax.set_ylim(n - 0.5, -0.5)
+    labels = ["\n".join(textwrap.wrap(c, wrap)) for c in captions] if captions is not None else range(m)
+    ax.set_xticks(range(m), labels, fontsize=7.5)
+    ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    ax.set_xlabel("captions")
+    ax.set_yticks(range(n), [""] * n if images is not None else range(n))
+    ax.tick_params(axis="y", length=0)
+    ax.set_ylabel("images")
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
     ax.set_title(title)
     return fig
