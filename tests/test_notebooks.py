@@ -23,7 +23,7 @@ def _source(cell):
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS][:1] == ["01_preprocessing.ipynb"]
+    assert [p.name for p in NOTEBOOKS][:2] == ["01_preprocessing.ipynb", "02_model_construction.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -58,10 +58,15 @@ def test_house_skeleton(path):
 
 
 def _definitions(path, name):
-    """Execute the notebook cell that defines `name` and return the object."""
+    """Execute the notebook cell that defines the function or class `name` and return the object."""
+    import math
+
+    import torch.nn.functional as F
+    from torch import nn
+
     for c in _cells(path):
-        if c["cell_type"] == "code" and re.search(rf"^def {name}\(", _source(c), re.M):
-            namespace = {"torch": torch}
+        if c["cell_type"] == "code" and re.search(rf"^(def|class) {name}\b", _source(c), re.M):
+            namespace = {"torch": torch, "nn": nn, "F": F, "math": math}
             exec(compile(_source(c), f"{path.name}:{name}", "exec"), namespace)
             return namespace[name]
     raise AssertionError(f"{path.name} no longer defines {name}")
@@ -78,3 +83,56 @@ def test_dynamic_padding_taught_in_01_agrees_with_the_collator(tokenizer, tiny_d
         ids, mask = pad_token_ids([tokenizer(c)["input_ids"] for c in chunk], tokenizer.pad_token_id)
         ref = collate.tokenize(chunk)
         assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
+
+
+NB02 = REPO / "notebooks" / "02_model_construction.ipynb"
+
+
+def _padded_batch(tokenizer):
+    captions = ["a red circle", "We see a yellow triangle above a red square", "a big disc"]
+    enc = tokenizer(captions, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_seed_network_copied_in_02_is_the_library_one_without_its_embedding():
+    from siamese_utils.models import SeedSiameseNetwork
+
+    SiameseNetwork = _definitions(NB02, "SiameseNetwork")
+    torch.manual_seed(0)
+    library = SeedSiameseNetwork().eval()
+    verbatim = SiameseNetwork().eval()
+    missing, unexpected = verbatim.load_state_dict(library.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["token_embedding.weight"]
+    images, vectors = torch.randn(3, 3, 32, 32), torch.randn(3, 7, 768)
+    with torch.no_grad():
+        assert torch.equal(verbatim(images, vectors), library(images, vectors))
+
+
+def test_pooling_taught_in_02_agrees_with_the_library(tokenizer):
+    from siamese_utils import models
+
+    ids, mask = _padded_batch(tokenizer)
+    hidden = torch.randn(*ids.shape, 16)
+    for name in ("last_real_token", "masked_mean"):
+        torch.testing.assert_close(_definitions(NB02, name)(hidden, mask), getattr(models, name)(hidden, mask))
+    torch.manual_seed(0)
+    ours, library = _definitions(NB02, "AttentionPool")(16), models.AttentionPool(16)
+    library.load_state_dict(ours.state_dict())
+    for a, b in zip(ours(hidden, mask), library(hidden, mask)):
+        torch.testing.assert_close(a, b)
+
+
+def test_two_tower_taught_in_02_is_the_core_of_the_dual_encoder(tokenizer):
+    from siamese_utils.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8).eval()
+    core = _definitions(NB02, "TwoTower")(model.image_tower, model.text_tower, 16).eval()
+    core.load_state_dict(model.state_dict())
+    ids, mask = _padded_batch(tokenizer)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.similarity(model.encode_images(images), model.encode_texts(ids, mask))
+        got = core.similarity(core.encode_images(images), core.encode_texts(ids, mask))
+    torch.testing.assert_close(got, expected)
+    assert core.logit_scale.item() == pytest.approx(model.logit_scale.item())
