@@ -216,6 +216,9 @@ def test_efficientnet_weights_map_one_to_one_onto_timm():
     target = timm.create_model(M.TIMM_ARCH, pretrained=False).state_dict()
     assert list(renamed) == list(target)
     assert all(renamed[k].shape == target[k].shape for k in target)
+    # timm's efficientnet_lite0 has the very same parameters; tf_ only changes the padding.
+    plain = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    assert [(k, v.shape) for k, v in plain.items()] == [(k, v.shape) for k, v in target.items()]
 
 
 def test_efficientnet_weights_are_real_imagenet_weights(effnet):
