@@ -120,14 +120,20 @@ def test_seed_cnn_has_no_pretrained_weights_and_says_so():
     assert tower.weights == "random initialisation"
 
 
-def test_resnet_takes_imagenet_weights_from_the_torch_cache(tmp_path, monkeypatch):
+def _torch_cache(tmp_path, monkeypatch):
+    """An empty torch cache under tmp_path, no downloads allowed; returns ResNet-18's checkpoint path in it."""
     _no_downloads(monkeypatch)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoint = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    checkpoint.parent.mkdir(parents=True)
+    return checkpoint
+
+
+def test_resnet_takes_imagenet_weights_from_the_torch_cache(tmp_path, monkeypatch):
+    checkpoint = _torch_cache(tmp_path, monkeypatch)
     torch.manual_seed(1)
     reference = M.ResNetTower("resnet18").net
     reference.fc = torch.nn.Linear(512, 1000)
-    checkpoint = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    checkpoint.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), checkpoint)
 
     tower = M.ResNetTower("resnet18", pretrained=True)
@@ -136,8 +142,7 @@ def test_resnet_takes_imagenet_weights_from_the_torch_cache(tmp_path, monkeypatc
 
 
 def test_resnet_offline_without_weights_warns_and_stays_random(tmp_path, monkeypatch):
-    _no_downloads(monkeypatch)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _torch_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("SIAMESE_OFFLINE", "1")
     with pytest.warns(UserWarning, match=r"randomly initialised.*resnet18-f37072fd\.pth"):
         tower = M.build_image_tower("resnet18", pretrained=True)
@@ -160,10 +165,7 @@ def test_resnet_failed_download_warns_and_stays_random(tmp_path, monkeypatch):
 
 
 def test_a_corrupt_or_wrong_cached_resnet_checkpoint_is_named(tmp_path, monkeypatch):
-    _no_downloads(monkeypatch)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    checkpoint = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    checkpoint.parent.mkdir(parents=True)
+    checkpoint = _torch_cache(tmp_path, monkeypatch)
     checkpoint.write_bytes(b"<html>proxy login page</html>")
     with pytest.raises(RuntimeError, match=r"resnet18-f37072fd\.pth is not a readable weights file.*delete it"):
         M.ResNetTower("resnet18", pretrained=True)
@@ -330,6 +332,16 @@ def test_minilm_tower_matches_sentence_transformers(tokenizer, minilm):
         ours = F.normalize(minilm(*_encode(tokenizer, CAPTIONS)), dim=-1)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
     assert minilm.out_dim == 384 and M.count_parameters(minilm)[0] == 22_713_216
+
+
+def test_loading_a_transformer_prints_nothing(capfd):
+    """Progress bars and load reports on stderr would end up in notebook outputs."""
+    from transformers.utils import logging as hf_logging
+
+    M.build_text_tower("minilm")
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+    assert hf_logging.is_progress_bar_enabled()  # the library's own setting is restored afterwards
 
 
 def test_hub_text_tower_offline_fails_with_advice():
