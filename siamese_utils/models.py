@@ -711,7 +711,15 @@ class DualEncoder(nn.Module):
     # -- encoding --------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` images -> ``(B, embed_dim)`` unit vectors."""
-        return F.normalize(self.image_proj(self.image_tower(images)), dim=-1)
+        return self.embed_image_features(self.image_tower(images))
+
+    def embed_image_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Image-tower features ``(B, out_dim)`` -> ``(B, embed_dim)`` unit vectors.
+
+        With a frozen image tower its features never change, so training can
+        compute them once and run only this projection each step.
+        """
+        return F.normalize(self.image_proj(features), dim=-1)
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids and mask ``(B, T)`` -> ``(B, embed_dim)`` unit vectors."""

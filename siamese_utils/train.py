@@ -1,0 +1,556 @@
+"""Training a dual encoder: settings, data preparation, the loop, validation and checkpoints.
+
+The loop itself (:func:`train_one_epoch`) is plain PyTorch and fits on one
+screen: batches from a DataLoader, a contrastive loss, AdamW, an optional
+warm-up and cosine schedule, gradient clipping, mixed precision on CUDA.
+:func:`fit` runs it for a number of epochs with validation, history and a
+checkpoint after every epoch, and can resume an interrupted run to exactly the
+result an uninterrupted one would have reached.
+
+Explained in ``notebooks/03_contrastive_training.ipynb``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import CaptionedImages, Collator, ImageDataset, make_loader
+from .losses import LOSSES, contrastive_loss
+from .metrics import METRIC_KEYS, format_metrics, retrieval_metrics
+from .models import DualEncoder, ModelConfig, build_model
+from .runtime import seed_everything
+from .transforms import CaptionAwareHorizontalFlip, ImageTransformConfig, build_image_transform
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "TrainConfig",
+    "TrainResult",
+    "CheckpointError",
+    "PairTensors",
+    "encode_image_tensors",
+    "prepare_images",
+    "make_optimizer",
+    "make_scheduler",
+    "train_one_epoch",
+    "encode_split",
+    "evaluate",
+    "fit",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+]
+
+CHECKPOINT_FORMAT = "siamese-image-text checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything about *how* a dual encoder is trained, as plain data (stored in checkpoints).
+
+    - ``loss``: ``"infonce"``, ``"hinge"``, ``"hardest"`` or ``"cosine"``
+      (see :data:`siamese_utils.losses.LOSSES`); ``margin`` overrides the hinge
+      and cosine losses' own; ``hardest_warmup_epochs``: epochs of the summed
+      hinge loss before ``"hardest"`` switches to the hardest negative;
+    - ``num_epochs``, ``batch_size``, ``lr``, ``weight_decay`` (AdamW; not
+      applied to biases, norms and the temperature), ``warmup_epochs`` of
+      linear warm-up, then ``schedule`` ``"cosine"`` (to zero) or
+      ``"constant"``; ``grad_clip``: maximum gradient norm (``None``: off);
+    - ``image_size``, ``max_length`` (tokens per caption), ``flip``: the
+      caption-aware horizontal flip for training (``"swap"``, ``"skip"`` or
+      ``"off"``); ``cache_features``: with a frozen image tower, compute its
+      features once (``None``: whenever the image tower is frozen; no flip
+      then, since cached features cannot be flipped);
+    - ``seed``; ``num_workers`` for the DataLoader; ``amp``: mixed precision
+      (used on CUDA only); ``eval_batch_size``.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+
+    loss: str = "infonce"
+    margin: float | None = None
+    hardest_warmup_epochs: int = 1
+    num_epochs: int = 5
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float | None = 2.0
+    image_size: int = 64
+    max_length: int = 32
+    flip: Literal["swap", "skip", "off"] = "swap"
+    cache_features: bool | None = None
+    seed: int = 0
+    num_workers: int = 0
+    amp: bool = True
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}. Choose one of: {', '.join(LOSSES)}")
+        for name in ("num_epochs", "batch_size", "image_size", "max_length", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size={self.batch_size}: a contrastive loss needs at least 2 pairs per batch")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr!r} must be a positive number")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.hardest_warmup_epochs < 0:
+            raise ValueError("weight_decay, warmup_epochs and hardest_warmup_epochs must be >= 0")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule={self.schedule!r}; use 'cosine' or 'constant'")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip={self.grad_clip!r} must be positive, or None to turn clipping off")
+        if self.margin is not None and not self.margin >= 0:
+            raise ValueError(f"margin={self.margin!r} must be >= 0")
+        if self.flip not in ("swap", "skip", "off"):
+            raise ValueError(f"flip={self.flip!r}; use 'swap', 'skip' or 'off'")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"num_workers={self.num_workers!r} must be 0 (main process) or more")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known settings: {sorted(known)}")
+        return cls(**data)
+
+
+DEFAULT_MODEL = ModelConfig(image_tower="efficientnet_lite0", pretrained=True, freeze_image=True,
+                            text_tower="gru", text_hidden=256)
+"""The default model for training on the tiny set: locked-image tuning (LiT).
+
+A pretrained EfficientNet-Lite0, frozen, so its features are computed once,
+and a bidirectional GRU text tower trained from scratch: the configuration
+that trains to a useful model in well under a minute on two CPU cores.
+"""
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_images(split: CaptionedImages, image_size: int, progress: bool = False) -> torch.Tensor:
+    """Decode every image of a split once and return them resized and normalised: ``(N, 3, S, S)``.
+
+    The deterministic part of the pipeline (resize, to tensor, ImageNet
+    normalisation) runs once here instead of once per epoch; the random part
+    (the caption-aware flip) is applied to these tensors while training.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    transform = build_image_transform(ImageTransformConfig(image_size=image_size), train=False)
+    dataset = ImageDataset(split, transform, cache_images=False)
+    images = [dataset[i]["image"] for i in tqdm(range(len(dataset)), desc=f"decoding {split.name}",
+                                                 disable=not progress, leave=False)]
+    return torch.stack(images) if images else torch.empty(0, 3, image_size, image_size)
+
+
+class PairTensors(torch.utils.data.Dataset):
+    """(image, caption) pairs over images held as one tensor: one item per caption.
+
+    ``images`` holds either pixels ``(N, 3, S, S)`` (then ``flip``, a
+    :class:`~siamese_utils.transforms.CaptionAwareHorizontalFlip`, may mirror a
+    pair and fix its caption) or an image tower's cached features ``(N, F)``.
+    Items are what :class:`~siamese_utils.data.Collator` batches.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+
+    def __init__(self, images: torch.Tensor, captions: list[str], txt_to_img: np.ndarray,
+                 flip: CaptionAwareHorizontalFlip | None = None):
+        if len(captions) != len(txt_to_img):
+            raise ValueError(f"{len(captions)} captions but {len(txt_to_img)} image indices")
+        if flip is not None and flip.mode != "off" and images.ndim != 4:
+            raise ValueError("cached features cannot be flipped; use flip=None with (N, F) features")
+        self.images, self.captions, self.txt_to_img, self.flip = images, captions, txt_to_img, flip
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        i = int(self.txt_to_img[j])
+        image, caption = self.images[i], self.captions[j]
+        if self.flip is not None:
+            image, caption = self.flip(image, caption)
+        return {"image": image, "caption": caption, "image_index": i, "caption_index": j}
+
+
+@torch.no_grad()
+def encode_image_tensors(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, device: torch.device,
+                         batch_size: int = 256) -> torch.Tensor:
+    """Apply ``fn`` (an image tower, or a model's ``encode_images``) to ``images`` in batches, on ``device``.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    out = [fn(images[s:s + batch_size].to(device)).float().cpu() for s in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _cache_features(model: DualEncoder, config: TrainConfig) -> bool:
+    frozen = model.config.freeze_image if model.config is not None else model._frozen["image"]
+    if config.cache_features is None:
+        return bool(frozen)
+    if config.cache_features and not frozen:
+        raise ValueError("cache_features=True needs a frozen image tower (freeze_image=True in the model config)")
+    return bool(config.cache_features)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases, norms and the temperature (as CLIP).
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to zero (or constant), stepped every batch.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    total = config.num_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant" or total <= warmup:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: DualEncoder, loader, optimizer, scheduler, config: TrainConfig, epoch: int,
+                    device: torch.device, scaler: torch.amp.GradScaler | None = None,
+                    features: bool = False, progress: bool = True) -> float:
+    """One pass over ``loader``; returns the mean training loss per pair.
+
+    ``features=True`` when the batches carry cached image-tower features
+    instead of pixels. ``epoch`` (0-based) decides whether ``"hardest"`` still
+    uses the summed warm-up loss.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    hardest = epoch >= config.hardest_warmup_epochs
+    negatives = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)  # for the cosine loss
+    total, count = 0.0, 0
+    for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not progress, leave=False):
+        batch = batch.to(device, non_blocking=True)
+        with _autocast(device, config.amp):
+            img_emb = model.embed_image_features(batch.images) if features else model.encode_images(batch.images)
+            txt_emb = model.encode_texts(batch.input_ids, batch.attention_mask)
+        loss = contrastive_loss(config.loss, img_emb.float(), txt_emb.float(), batch.image_index,
+                                logit_scale=model.logit_scale, margin=config.margin, hardest=hardest,
+                                generator=negatives)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        total += float(loss.detach()) * len(batch)
+        count += len(batch)
+    return total / max(count, 1)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def encode_split(model: DualEncoder, split: CaptionedImages, tokenizer, device: torch.device | None = None,
+                 image_size: int = 64, max_length: int = 32, batch_size: int = 256,
+                 images: torch.Tensor | None = None, image_features: torch.Tensor | None = None):
+    """``(img_emb, txt_emb)`` for every image and every caption of ``split``, on the CPU.
+
+    ``images`` (from :func:`prepare_images`) or ``image_features`` (from a
+    frozen tower) skip decoding or the tower.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        if image_features is not None:
+            img_emb = encode_image_tensors(model.embed_image_features, image_features, device, batch_size)
+        else:
+            if images is None:
+                images = prepare_images(split, image_size)
+            img_emb = encode_image_tensors(model.encode_images, images, device, batch_size)
+        collate = Collator(tokenizer, max_length)
+        captions = split.captions
+        txt = []
+        for s in range(0, len(captions), batch_size):
+            tokens = collate.tokenize(captions[s:s + batch_size])
+            txt.append(model.encode_texts(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+                       .float().cpu())
+        txt_emb = torch.cat(txt) if txt else torch.empty(0, model.embed_dim)
+    finally:
+        model.train(was_training)
+    return img_emb, txt_emb
+
+
+def evaluate(model: DualEncoder, split: CaptionedImages, tokenizer, device: torch.device | None = None,
+             **encode_options: Any) -> dict[str, float]:
+    """Retrieval metrics (R@1/5/10, medr, meanr both ways, rsum) of ``model`` on ``split``.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    img_emb, txt_emb = encode_split(model, split, tokenizer, device, **encode_options)
+    return retrieval_metrics(img_emb, txt_emb, split.txt_to_img)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of this project, or one this version cannot read.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)  # a run killed while saving keeps the previous file whole
+
+
+def save_checkpoint(path: str | os.PathLike, model: DualEncoder, train_config: TrainConfig | None = None,
+                    optimizer=None, scheduler=None, scaler=None, epoch: int = 0,
+                    history: list[dict[str, float]] | None = None) -> Path:
+    """Save everything needed to use ``model`` or continue training it, atomically, as plain data.
+
+    Contents: format name and version, the model and training configs as
+    dicts, the weights, optimizer / scheduler / gradient-scaler states, the
+    number of completed epochs and the history. Loadable with
+    ``torch.load(weights_only=True)``.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    if model.config is None:
+        raise ValueError("this model has no ModelConfig; build it with build_model(...) so it can be rebuilt")
+    path = Path(path)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": model.config.to_dict(),
+        "train_config": train_config.to_dict() if train_config is not None else None,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "history": list(history or []),
+    }
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs).
+
+    Raises :class:`CheckpointError` naming the file when it is missing,
+    unreadable, not ours, or from a newer format.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; train one with `python -m siamese_utils train`")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: cannot read it as a checkpoint ({first}). It is corrupt, truncated or not a torch file; "
+            "train again or copy it again."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: not a siamese_utils checkpoint (found {keys}). If it is a bare state_dict, build the "
+            "model with build_model(config) and call load_state_dict on it."
+        )
+    version = state.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is newer than this siamese_utils reads "
+            f"(up to {CHECKPOINT_VERSION}); upgrade the package (pip install -U siamese-image-text)."
+        )
+    return state
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DualEncoder:
+    """The trained :class:`DualEncoder` of a checkpoint (or of a run folder holding ``model.pt``), in eval mode.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    state = load_checkpoint(path, map_location)
+    try:
+        config = ModelConfig.from_dict(state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its model settings cannot be used ({e})") from None
+    # The checkpoint holds every weight: build without fetching pretrained image weights.
+    model = build_model(ModelConfig.from_dict({**config.to_dict(), "pretrained": False}))
+    model.config = config
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: its weights do not fit the model it describes ({str(e).splitlines()[0]})") from None
+    return model.to(map_location).eval()
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the trained model, its history (one row per epoch) and final validation metrics.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+
+    model: DualEncoder
+    history: pd.DataFrame
+    val_metrics: dict[str, float]
+    checkpoint: Path | None = None
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedImages, config: TrainConfig,
+        tokenizer, *, device: torch.device | None = None, out_dir: str | os.PathLike | None = None,
+        resume: bool = False, progress: bool = True, log: Callable[[str], None] | None = print,
+        stop_after: int | None = None) -> TrainResult:
+    """Train ``model`` for ``config.num_epochs`` epochs, validating and checkpointing after each.
+
+    Every epoch starts from RNG states derived from ``(config.seed, epoch)``
+    only, so a run resumed from the checkpoint of epoch ``e`` (``resume=True``
+    with the same ``out_dir``) continues exactly as the uninterrupted run.
+    With ``out_dir``, ``model.pt`` (the checkpoint) and ``history.csv`` are
+    rewritten after every epoch. ``stop_after`` ends the run early after that
+    many epochs in total (as if interrupted). ``log`` receives one line per
+    epoch (``None``: silent).
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    device = device or next(model.parameters()).device
+    model.to(device)
+    out = Path(out_dir) if out_dir is not None else None
+    checkpoint = out / "model.pt" if out is not None else None
+    use_features = _cache_features(model, config)
+
+    # Images decoded and resized once; with a frozen image tower, its features computed once.
+    train_images = prepare_images(train_split, config.image_size, progress)
+    val_images = prepare_images(val_split, config.image_size, progress)
+    train_features = val_features = None
+    if use_features:
+        model.image_tower.eval()
+        train_features = encode_image_tensors(model.image_tower, train_images, device, config.eval_batch_size)
+        val_features = encode_image_tensors(model.image_tower, val_images, device, config.eval_batch_size)
+    flip = None if use_features else CaptionAwareHorizontalFlip(0.5, config.flip)
+    dataset = PairTensors(train_features if use_features else train_images, train_split.captions,
+                          train_split.txt_to_img, flip)
+    collate = Collator(tokenizer, config.max_length)
+    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume:
+        if checkpoint is None or not checkpoint.is_file():
+            raise FileNotFoundError(f"nothing to resume: {checkpoint or 'out_dir=None'} does not exist")
+        state = load_checkpoint(checkpoint, device)
+        if state["model_config"] != model.config.to_dict() or state["train_config"] != config.to_dict():
+            raise ValueError(f"{checkpoint} was trained with other settings; resume with the settings stored in it "
+                             "(see config.json there) or start a new run in another folder")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        start, history = state["epoch"], list(state["history"])
+
+    last = config.num_epochs if stop_after is None else min(config.num_epochs, stop_after)
+    for epoch in range(start, last):
+        tick = time.perf_counter()
+        seed_everything(_epoch_seed(config.seed, epoch))
+        loader = make_loader(dataset, config.batch_size, shuffle=True, seed=_epoch_seed(config.seed, epoch),
+                             collate_fn=collate, num_workers=config.num_workers, pin_memory=device.type == "cuda")
+        loss = train_one_epoch(model, loader, optimizer, scheduler, config, epoch, device, scaler,
+                               features=use_features, progress=progress)
+        metrics = evaluate(model, val_split, tokenizer, device, max_length=config.max_length,
+                           batch_size=config.eval_batch_size,
+                           images=None if use_features else val_images, image_features=val_features)
+        row = {"epoch": epoch + 1, "loss": loss, "temperature": model.temperature,
+               "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()},
+               "seconds": time.perf_counter() - tick}
+        history.append(row)
+        if log is not None:
+            log(f"epoch {epoch + 1:>2}/{config.num_epochs}  loss {loss:.4f}  temperature {model.temperature:.4f}  "
+                f"val {format_metrics(metrics)}")
+        if out is not None:
+            save_checkpoint(checkpoint, model, config, optimizer, scheduler, scaler, epoch + 1, history)
+            _atomic_write(out / "history.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+
+    val_metrics = {k: history[-1][f"val_{k}"] for k in METRIC_KEYS} if history else {}
+    model.eval()
+    return TrainResult(model, pd.DataFrame(history), val_metrics, checkpoint)
