@@ -87,7 +87,8 @@ def retrieval_ranks(
 
 
 def _summarise(ranks: np.ndarray, prefix: str) -> dict[str, float]:
-    out = {f"{prefix}_r{k}": float(100.0 * np.mean(ranks < k)) for k in (1, 5, 10)}
+    # 100 * hits / n, not 100 * mean(...): the former is exact for counts (52.4, not 52.400000000000006)
+    out = {f"{prefix}_r{k}": 100.0 * int(np.count_nonzero(ranks < k)) / len(ranks) for k in (1, 5, 10)}
     out[f"{prefix}_medr"] = float(np.floor(np.median(ranks)) + 1)
     out[f"{prefix}_meanr"] = float(np.mean(ranks) + 1)
     return out
@@ -104,7 +105,7 @@ def retrieval_metrics(img_emb: Any, txt_emb: Any, txt_to_img: Any) -> dict[str, 
     """
     i2t, t2i = retrieval_ranks(img_emb, txt_emb, txt_to_img)
     metrics = {**_summarise(i2t, "i2t"), **_summarise(t2i, "t2i")}
-    metrics["rsum"] = sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    metrics["rsum"] = round(sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)), 9)
     return {key: metrics[key] for key in METRIC_KEYS}
 
 
