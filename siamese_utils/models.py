@@ -27,7 +27,7 @@ import contextlib
 import importlib.util
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import replace, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
@@ -753,7 +753,13 @@ class DualEncoder(nn.Module):
             self._frozen[key] = bool(flag)
             for p in tower.parameters():
                 p.requires_grad_(not flag)
+            if self.config is not None:  # keep the stored settings true to the model
+                self.config = replace(self.config, **{f"freeze_{key}": bool(flag)})
         return self.train(self.training)
+
+    def is_frozen(self, tower: Literal["image", "text"]) -> bool:
+        """Whether the ``"image"`` or ``"text"`` tower is frozen."""
+        return self._frozen[tower]
 
     def train(self, mode: bool = True) -> "DualEncoder":
         super().train(mode)

@@ -62,3 +62,12 @@ def make_karpathy(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def small_tiny(tmp_path_factory) -> Path:
+    """A small tiny-format dataset (48 / 12 / 12 images of 16 px) for quick training runs."""
+    from siamese_utils.tiny import TinyConfig, write_tiny_dataset
+
+    return write_tiny_dataset(tmp_path_factory.mktemp("small") / "tiny",
+                              TinyConfig(image_size=16, num_train=48, num_val=12, num_test=12))
