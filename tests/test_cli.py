@@ -103,3 +103,115 @@ def test_model_refuses_unknown_towers_and_missing_packages(capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a))
     assert main(["model", "--image-tower", "efficientnet_lite0"]) == 2
     assert capsys.readouterr().err.startswith("error: The efficientnet_lite0 tower needs the package 'timm'")
+
+
+# --------------------------------------------------------------------------- train
+
+SMALL_FLAGS = ["--image-encoder", "seed_cnn", "--embed-dim", "16", "--word-dim", "8", "--text-hidden", "8",
+               "--image-size", "16", "--batch-size", "16"]
+
+
+def _train_subprocess(args, env_threads="1", **popen):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": env_threads, "MKL_NUM_THREADS": env_threads}
+    return subprocess.Popen([sys.executable, "-m", "siamese_utils", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_train_writes_the_run_folder_and_repeats_to_the_bit(small_tiny, tmp_path, capsys):
+    import json
+
+    from siamese_utils.metrics import METRIC_KEYS
+
+    outs = []
+    for name in ("a", "b"):
+        assert main(["train", "--data", str(small_tiny), "--out", str(tmp_path / name), "--epochs", "2",
+                     *SMALL_FLAGS]) == 0
+        outs.append(tmp_path / name)
+    printed = capsys.readouterr().out
+    assert "epoch  2/2" in printed and "test i2t R@1/5/10" in printed
+    a, b = outs
+    assert sorted(p.name for p in a.iterdir()) == ["config.json", "history.csv", "metrics.json", "model.pt"]
+    metrics = json.loads((a / "metrics.json").read_text())
+    assert set(metrics) == {"val", "test"} and list(metrics["test"]) == list(METRIC_KEYS)
+    assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
+    config = json.loads((a / "config.json").read_text())
+    assert config["model"]["image_tower"] == "seed_cnn" and config["model"]["freeze_image"] is False
+    assert config["train"]["num_epochs"] == 2
+
+
+def test_train_killed_after_an_epoch_resumes_to_the_same_result(small_tiny, tmp_path):
+    """A run killed (SIGKILL) after its first checkpoint, then resumed, ends where one whole run ends."""
+    import signal
+    import time
+
+    flags = ["--data", str(small_tiny), "--epochs", "4", *SMALL_FLAGS]
+    whole = _train_subprocess([*flags, "--out", str(tmp_path / "whole")])
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+
+    cut = tmp_path / "cut"
+    run = _train_subprocess([*flags, "--out", str(cut)])
+    deadline = time.monotonic() + 300
+    while not (cut / "model.pt").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (cut / "metrics.json").exists()
+
+    resumed = _train_subprocess([*flags, "--out", str(cut), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert (cut / "metrics.json").read_text() == (tmp_path / "whole" / "metrics.json").read_text()
+
+
+def test_train_refuses_to_overwrite_a_run_and_checks_resume_settings(small_tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--epochs", "1", *SMALL_FLAGS]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), *SMALL_FLAGS]) == 2
+    assert "already holds a run (model.pt); pass --resume" in capsys.readouterr().err
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--resume", "--lr", "0.5"]) == 2
+    assert "--lr 0.5 differs from the run being resumed (0.002" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing lost
+    assert main(["train", "--data", str(small_tiny), "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "new/model.pt does not exist; start the run without --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "argument --epochs: 0 is not a positive integer"),
+        (["--batch-size", "many"], "argument --batch-size: invalid positive_int value: 'many'"),
+        (["--lr", "-1"], "argument --lr: -1.0 is not a positive number"),
+        (["--loss", "triplet"], "argument --loss: invalid choice: 'triplet'"),
+        (["--image-encoder", "vgg16"], "argument --image-encoder: invalid choice: 'vgg16'"),
+    ],
+)
+def test_train_bad_flags_are_one_line_errors(small_tiny, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(small_tiny), "--out", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_reports_bad_data_output_and_settings_in_one_line(small_tiny, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = [
+        (["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r1")], "nowhere"),
+        (["--data", str(small_tiny), "--out", str(blocker / "run")], "cannot write to the output folder"),
+        (["--data", str(small_tiny), "--out", str(tmp_path / "r2"), "--image-encoder", "seed_cnn", "--freeze-image"],
+         "--freeze-image would keep a randomly initialised seed_cnn fixed; add --pretrained"),
+        (["--data", str(small_tiny), "--out", str(tmp_path / "r3"), "--batch-size", "1"], "batch_size=1"),
+        (["--data", str(small_tiny), "--out", str(tmp_path / "r4"), "--device", "tpu"], "--device tpu:"),
+    ]
+    for argv, message in cases:
+        assert main(["train", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+        assert "Traceback" not in err
