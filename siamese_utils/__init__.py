@@ -11,6 +11,9 @@ explains it. The modules follow the stages of the series:
 - ``text``: the offline BERT WordPiece tokenizer and caption helpers;
 - ``models``: the seed's fused network, image and text towers, the dual
   encoder and the cross-encoder;
+- ``losses``: contrastive losses (cosine embedding, hinge triplet, InfoNCE);
+- ``metrics``: Recall@K and ranks for image-text retrieval;
+- ``train``: the training loop, validation, checkpoints and resuming;
 - ``plotting``: figures;
 - ``runtime``: seeds, devices and offline mode.
 """
@@ -27,14 +30,17 @@ from .data import (
     make_loader,
     read_dataset,
 )
+from .metrics import retrieval_metrics
 from .models import CrossEncoder, DualEncoder, ModelConfig, SeedSiameseNetwork, build_model
 from .runtime import choose_device, seed_everything, seed_worker
 from .text import load_tokenizer, swap_left_right
+from .train import DEFAULT_MODEL, TrainConfig, fit, load_model
 from .transforms import ImageTextTransform, ImageTransformConfig, build_image_transform
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
     "Batch",
     "CaptionedImages",
     "Collator",
@@ -48,13 +54,17 @@ __all__ = [
     "ImageTransformConfig",
     "ModelConfig",
     "SeedSiameseNetwork",
+    "TrainConfig",
     "build_image_transform",
     "build_model",
     "choose_device",
+    "fit",
     "load_image",
+    "load_model",
     "load_tokenizer",
     "make_loader",
     "read_dataset",
+    "retrieval_metrics",
     "seed_everything",
     "seed_worker",
     "swap_left_right",

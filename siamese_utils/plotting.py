@@ -1,6 +1,7 @@
 """Figures used across the series: small helpers, each with a title, labelled axes and a size.
 
-Explained in ``notebooks/01_preprocessing.ipynb`` and ``notebooks/02_model_construction.ipynb``.
+Explained in ``notebooks/01_preprocessing.ipynb``, ``notebooks/02_model_construction.ipynb`` and
+``notebooks/03_contrastive_training.ipynb``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from PIL import Image
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
-__all__ = ["show_pairs", "plot_caption_lengths", "plot_similarity"]
+__all__ = ["show_pairs", "plot_caption_lengths", "plot_similarity", "plot_matrices", "plot_curves", "plot_history"]
 
 
 def _as_display_array(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -158,4 +159,97 @@ def plot_similarity(
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(title)
+    return fig
+
+
+def plot_matrices(
+    matrices: dict[str, object],
+    title: str = "",
+    xlabel: str = "caption j",
+    ylabel: str = "image i",
+    cmap: str = "Reds",
+    symmetric: bool = False,
+    width: float = 3.2,
+):
+    """A row of heatmaps with one colour bar each, e.g. how strongly each loss pushes each (image, caption) pair.
+
+    ``matrices`` maps a panel title to a 2-D array or tensor. ``symmetric``
+    centres the colour scale on zero (use with a diverging ``cmap``).
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(width * len(matrices), width * 0.95),
+                             layout="constrained", squeeze=False)
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        m = matrix.detach().cpu().float().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
+        limit = float(np.abs(m).max()) or 1.0
+        vmin, vmax = (-limit, limit) if symmetric else (min(0.0, float(m.min())), max(float(m.max()), 1e-12))
+        im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_yticks(range(m.shape[0]))
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_curves(
+    curves: dict[str, Sequence[float]],
+    title: str = "",
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    logy: bool = False,
+    hlines: dict[str, float] | None = None,
+):
+    """Several curves on one axis (e.g. the training loss of two runs step by step), with optional reference lines.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+    for name, values in curves.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=name)
+    for name, y in (hlines or {}).items():
+        ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def plot_history(history, title: str = "Training"):
+    """Three panels from a training history (one row per epoch): loss, temperature, validation recall.
+
+    ``history`` is the DataFrame returned by :func:`siamese_utils.train.fit`
+    (or read from a run's ``history.csv``).
+
+    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    """
+    import matplotlib.pyplot as plt
+
+    epochs = np.asarray(history["epoch"])
+    fig, (ax_loss, ax_temp, ax_rec) = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained")
+    ax_loss.plot(epochs, history["loss"], marker="o", color="#4c72b0")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="mean loss per pair")
+    ax_temp.plot(epochs, history["temperature"], marker="o", color="#dd8452")
+    ax_temp.set(title="temperature", xlabel="epoch", ylabel="1 / logit scale")
+    for direction, style in (("i2t", "-"), ("t2i", "--")):
+        for k, color in ((1, "#4c72b0"), (5, "#55a868"), (10, "#c44e52")):
+            ax_rec.plot(epochs, history[f"val_{direction}_r{k}"], style, marker="o", color=color, markersize=3,
+                        label=f"{direction} R@{k}")
+    ax_rec.set(title="validation recall", xlabel="epoch", ylabel="R@K (%)", ylim=(0, 101))
+    ax_rec.legend(fontsize=7, ncol=2, loc="lower right")
+    for ax in (ax_loss, ax_temp, ax_rec):
+        ax.set_xticks(epochs)
+    fig.suptitle(title)
     return fig

@@ -57,8 +57,11 @@ def test_house_skeleton(path):
             ast.parse(re.sub(r"^(\s*)[!%].*$", r"\1pass", _source(c), flags=re.M))  # valid Python, magics aside
 
 
-def _definitions(path, name):
-    """Execute the notebook cell that defines the function or class `name` and return the object."""
+def _definitions(path, name, **names):
+    """Execute the notebook cell that defines the function or class `name` and return the object.
+
+    The cell sees torch, nn, F, math and the given ``names``.
+    """
     import math
 
     import torch.nn.functional as F
@@ -66,7 +69,7 @@ def _definitions(path, name):
 
     for c in _cells(path):
         if c["cell_type"] == "code" and re.search(rf"^(def|class) {name}\b", _source(c), re.M):
-            namespace = {"torch": torch, "nn": nn, "F": F, "math": math}
+            namespace = {"torch": torch, "nn": nn, "F": F, "math": math, **names}
             exec(compile(_source(c), f"{path.name}:{name}", "exec"), namespace)
             return namespace[name]
     raise AssertionError(f"{path.name} no longer defines {name}")
@@ -136,3 +139,78 @@ def test_two_tower_taught_in_02_is_the_core_of_the_dual_encoder(tokenizer):
         got = core.similarity(core.encode_images(images), core.encode_texts(ids, mask))
     torch.testing.assert_close(got, expected)
     assert core.logit_scale.item() == pytest.approx(model.logit_scale.item())
+
+
+NB03 = REPO / "notebooks" / "03_contrastive_training.ipynb"
+
+
+def _batch_with_duplicates(seed, batch=12, dim=8):
+    g = torch.Generator().manual_seed(seed)
+    image_index = torch.randint(0, 7, (batch,), generator=g)  # several pairs share an image
+    images = torch.nn.functional.normalize(torch.randn(7, dim, generator=g), dim=1)
+    img_emb = images[image_index]
+    txt_emb = torch.nn.functional.normalize(img_emb + 0.8 * torch.randn(batch, dim, generator=g), dim=1)
+    return img_emb, txt_emb, image_index
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_losses_taught_in_03_agree_with_the_library(seed):
+    from siamese_utils import losses
+
+    hinge_loss = _definitions(NB03, "hinge_loss")
+    info_nce = _definitions(NB03, "info_nce")
+    cosine_loss = _definitions(NB03, "cosine_loss")
+    img_emb, txt_emb, image_index = _batch_with_duplicates(seed)
+    sim = img_emb @ txt_emb.T
+    same = image_index[:, None] == image_index[None, :]
+    scale = torch.tensor(2.5)
+    for hardest in (False, True):
+        assert torch.allclose(hinge_loss(sim, same, hardest=hardest),
+                              losses.hinge_triplet_loss(img_emb, txt_emb, image_index, max_violation=hardest))
+    assert torch.allclose(info_nce(sim, scale, same), losses.info_nce_loss(img_emb, txt_emb, scale, image_index))
+    # The library draws negatives at random; with as many draws as other-image captions it takes them all.
+    fewest = int((~same).sum(1).min())
+    negatives = torch.stack([torch.nonzero(~same[i]).flatten()[:fewest] for i in range(len(sim))])
+    if bool(((~same).sum(1) == fewest).all()):
+        expected = losses.cosine_embedding_loss(img_emb, txt_emb, image_index, num_negatives=fewest)
+        assert torch.allclose(cosine_loss(sim, negatives), expected)
+    reference = torch.nn.CosineEmbeddingLoss(margin=0.3)
+    rows = torch.arange(len(sim))[:, None].expand_as(negatives).flatten()
+    x1 = torch.cat([img_emb, img_emb[rows]])
+    x2 = torch.cat([txt_emb, txt_emb[negatives.flatten()]])
+    y = torch.cat([torch.ones(len(sim)), -torch.ones(len(rows))])
+    assert torch.allclose(cosine_loss(sim, negatives), reference(x1, x2, y), atol=1e-6)
+
+
+def test_training_loop_taught_in_03_trains_like_the_library(small_tiny, tokenizer):
+    """The notebook's train_one_epoch and siamese_utils.train.train_one_epoch reach the same weights."""
+    from siamese_utils import losses
+    from siamese_utils import train as T
+    from siamese_utils.data import Collator, make_loader, read_dataset
+    from siamese_utils.models import ModelConfig, build_model
+
+    notebook_loop = _definitions(NB03, "train_one_epoch")
+    split = read_dataset(small_tiny).split("train")
+    images = T.prepare_images(split, 16)
+    config = T.TrainConfig(batch_size=16, image_size=16, flip="off")
+    dataset = T.PairTensors(images, split.captions, split.txt_to_img)
+    model_config = ModelConfig(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8)
+    weights = []
+    for which in ("notebook", "library"):
+        torch.manual_seed(0)
+        model = build_model(model_config)
+        optimizer = T.make_optimizer(model, config)
+        scheduler = T.make_scheduler(optimizer, config, steps_per_epoch=3)
+        loader = make_loader(dataset, 16, shuffle=True, seed=0, collate_fn=Collator(tokenizer, 32))
+        device = torch.device("cpu")
+        if which == "notebook":
+            def loss_fn(img, txt, index, model=model):
+                return losses.info_nce_loss(img, txt, model.logit_scale, index)
+
+            loss = notebook_loop(model, loader, optimizer, scheduler, loss_fn, device)
+        else:
+            loss = T.train_one_epoch(model, loader, optimizer, scheduler, config, 0, device, progress=False)
+        weights.append((loss, model.state_dict()))
+    (loss_a, a), (loss_b, b) = weights
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    assert all(torch.equal(a[k], b[k]) for k in a)

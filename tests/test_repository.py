@@ -72,7 +72,7 @@ def test_nothing_excludes_what_colab_ships():
     assert "siamese-image-text[pretrained]" in project["optional-dependencies"]["dev"]
 
 
-MODULES = ["data", "transforms", "text", "tiny", "models", "plotting", "runtime", "notebooks"]
+MODULES = ["data", "transforms", "text", "tiny", "models", "losses", "metrics", "train", "plotting", "runtime", "notebooks"]
 
 
 @pytest.mark.parametrize("module", MODULES)
