@@ -123,6 +123,9 @@ def _train_settings(args: argparse.Namespace, out: Path):
         stored = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
         if stored is None:
             raise ValueError(f"{out / 'config.json'} is missing: nothing to resume there; start a run without --resume")
+        if Path(stored["data"]).resolve() != Path(args.data).resolve():
+            raise ValueError(f"--data {args.data} is not the dataset of the run being resumed ({stored['data']}, in "
+                             f"{out / 'config.json'}); resume with that dataset, or train a new run in another --out")
         model_config = ModelConfig.from_dict(stored["model"])
         train_config = TrainConfig.from_dict(stored["train"])
         for given, config, flags in ((given_model, model_config.to_dict(), _MODEL_FLAGS),
@@ -136,7 +139,9 @@ def _train_settings(args: argparse.Namespace, out: Path):
 
     image_tower = given_model.get("image_tower", DEFAULT_MODEL.image_tower)
     pretrained = given_model.get("pretrained", image_tower in _OFFLINE_IMAGE_WEIGHTS)
-    freeze_image = given_model.get("freeze_image", pretrained)
+    # Locked-image tuning by default only where the ImageNet weights are sure to be there (offline packages):
+    # a ResNet asked for with --pretrained may fall back to random weights offline, and must not stay frozen.
+    freeze_image = given_model.get("freeze_image", pretrained and image_tower in _OFFLINE_IMAGE_WEIGHTS)
     if freeze_image and not pretrained:
         raise ValueError(f"--freeze-image would keep a randomly initialised {image_tower} fixed; "
                          "add --pretrained, or drop --freeze-image")
@@ -273,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageNet weights for the image tower (default: on for efficientnet_lite0, which has them "
                    "offline)")
     p.add_argument("--freeze-image", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the image tower fixed and cache its features (default: on when pretrained)")
+                   help="keep the image tower fixed and cache its features (default: on for efficientnet_lite0 "
+                   "with its ImageNet weights)")
     p.add_argument("--freeze-text", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the text tower fixed (default: off)")
     p.add_argument("--loss", choices=list(LOSSES), default=None, help=f"(default: {TrainConfig.loss})")

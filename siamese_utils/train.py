@@ -497,6 +497,8 @@ def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedIm
     Explained in ``notebooks/03_contrastive_training.ipynb``.
     """
     device = device or next(model.parameters()).device
+    if out_dir is not None and model.config is None:
+        raise ValueError("checkpoints need the model's ModelConfig: build the model with build_model(config)")
     model.to(device)
     out = Path(out_dir) if out_dir is not None else None
     checkpoint = out / "model.pt" if out is not None else None

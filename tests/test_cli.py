@@ -176,6 +176,12 @@ def test_train_refuses_to_overwrite_a_run_and_checks_resume_settings(small_tiny,
     assert "already holds a run (model.pt); pass --resume" in capsys.readouterr().err
     assert main(["train", "--data", str(small_tiny), "--out", str(out), "--resume", "--lr", "0.5"]) == 2
     assert "--lr 0.5 differs from the run being resumed (0.002" in capsys.readouterr().err
+    other_data = tmp_path / "other"
+    other_data.mkdir()
+    (other_data / "dataset.json").write_bytes((small_tiny / "dataset.json").read_bytes())
+    (other_data / "images").symlink_to(small_tiny / "images")
+    assert main(["train", "--data", str(other_data), "--out", str(out), "--resume"]) == 2
+    assert "is not the dataset of the run being resumed" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing lost
     assert main(["train", "--data", str(small_tiny), "--out", str(tmp_path / "new"), "--resume"]) == 2
     assert "new/model.pt does not exist; start the run without --resume" in capsys.readouterr().err
@@ -197,6 +203,22 @@ def test_train_bad_flags_are_one_line_errors(small_tiny, tmp_path, capsys, flags
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_freezes_only_image_towers_with_offline_weights_by_default(tmp_path):
+    from siamese_utils.__main__ import _train_settings, build_parser
+
+    def settings(*flags):
+        args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path), *flags])
+        return _train_settings(args, tmp_path)[0]
+
+    default = settings()
+    assert (default.image_tower, default.pretrained, default.freeze_image) == ("efficientnet_lite0", True, True)
+    assert settings("--no-freeze-image").freeze_image is False
+    resnet = settings("--image-encoder", "resnet18", "--pretrained")
+    assert resnet.pretrained and not resnet.freeze_image  # offline it may be random: never frozen unasked
+    seed = settings("--image-encoder", "seed_cnn")
+    assert not seed.pretrained and not seed.freeze_image
 
 
 def test_train_reports_bad_data_output_and_settings_in_one_line(small_tiny, tmp_path, capsys):

@@ -295,3 +295,15 @@ def test_freezing_after_building_keeps_the_config_and_the_feature_cache_in_step(
     assert T._cache_features(model, T.TrainConfig()) is False  # so the image tower trains
     model = build_model(SMALL).freeze(image=True)
     assert model.config.freeze_image is True and T._cache_features(model, T.TrainConfig()) is True
+
+
+def test_fit_with_checkpoints_needs_a_model_built_from_a_config(small_tiny, tokenizer, tmp_path):
+    from siamese_utils.models import DualEncoder
+
+    reference = build_model(SMALL)
+    bare = DualEncoder(reference.image_tower, reference.text_tower, embed_dim=16)
+    data = read_dataset(small_tiny)
+    with pytest.raises(ValueError, match=r"build the model with build_model\(config\)"):
+        T.fit(bare, data.split("train"), data.split("val"), T.TrainConfig(**FAST), tokenizer, out_dir=tmp_path,
+              progress=False, log=None)
+    assert not (tmp_path / "model.pt").exists()
