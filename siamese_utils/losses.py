@@ -196,12 +196,12 @@ def contrastive_loss(
 
     Explained in ``notebooks/03_contrastive_training.ipynb``.
     """
+    own_margin = {} if margin is None else {"margin": margin}  # else each loss's default
     if name == "cosine":
-        return cosine_embedding_loss(img_emb, txt_emb, image_index, margin=0.3 if margin is None else margin,
-                                     generator=generator)
+        return cosine_embedding_loss(img_emb, txt_emb, image_index, generator=generator, **own_margin)
     if name in ("hinge", "hardest"):
-        return hinge_triplet_loss(img_emb, txt_emb, image_index, margin=0.2 if margin is None else margin,
-                                  max_violation=name == "hardest" and hardest)
+        return hinge_triplet_loss(img_emb, txt_emb, image_index, max_violation=name == "hardest" and hardest,
+                                  **own_margin)
     if name == "infonce":
         if logit_scale is None:
             raise ValueError("the 'infonce' loss needs the model's logit_scale")

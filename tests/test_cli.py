@@ -205,6 +205,20 @@ def test_train_bad_flags_are_one_line_errors(small_tiny, tmp_path, capsys, flags
     assert not (tmp_path / "run").exists()
 
 
+def test_train_on_a_corrupt_image_names_the_file_and_writes_no_checkpoint(small_tiny, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_tiny, data)
+    broken = sorted((data / "images").iterdir())[3]
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # a truncated download
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *SMALL_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and broken.name in err and "truncated or corrupt" in err, err
+    assert not (out / "model.pt").exists()
+
+
 def test_train_freezes_only_image_towers_with_offline_weights_by_default(tmp_path):
     from siamese_utils.__main__ import _train_settings, build_parser
 
@@ -237,3 +251,16 @@ def test_train_reports_bad_data_output_and_settings_in_one_line(small_tiny, tmp_
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
         assert "Traceback" not in err
+
+
+def test_train_interrupted_says_how_to_resume(small_tiny, tmp_path, capsys, monkeypatch):
+    import siamese_utils.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(siamese_utils.train, "fit", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), *SMALL_FLAGS]) == 130
+    assert "holds the last finished epoch: continue with --resume" in capsys.readouterr().err
+    assert (out / "config.json").is_file()  # what --resume needs is there

@@ -64,3 +64,40 @@ def test_similarity_heatmap_refuses_mismatched_input():
         plot_similarity(sim, txt_to_img=[0, 1])
     with pytest.raises(ValueError, match="2-D"):
         plot_similarity(np.zeros(3))
+
+
+def test_plot_matrices_draws_one_titled_heatmap_per_matrix_centred_when_symmetric():
+    from siamese_utils.plotting import plot_matrices
+
+    fig = plot_matrices({"a": torch.tensor([[1.0, -3.0], [0.5, 0.0]]), "b": np.eye(3)}, title="forces",
+                        cmap="RdBu", symmetric=True)
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in heatmaps] == ["a", "b"] and fig._suptitle.get_text() == "forces"
+    assert heatmaps[0].images[0].get_clim() == (-3.0, 3.0)  # zero in the middle of the colour scale
+    assert heatmaps[1].images[0].get_array().shape == (3, 3)
+    assert heatmaps[0].get_xlabel() == "caption j" and heatmaps[0].get_ylabel() == "image i"
+
+
+def test_plot_curves_draws_each_curve_and_reference_line():
+    from siamese_utils.plotting import plot_curves
+
+    fig = plot_curves({"one": [3, 2, 1], "two": [1, 1]}, title="loss", logy=True, hlines={"margin": 0.4})
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["one", "two", "margin"] and ax.get_yscale() == "log" and ax.get_title() == "loss"
+    assert list(ax.get_lines()[0].get_xdata()) == [1, 2, 3]  # steps counted from 1
+
+
+def test_plot_history_shows_loss_temperature_and_recall_per_epoch():
+    import pandas as pd
+
+    from siamese_utils.metrics import METRIC_KEYS
+    from siamese_utils.plotting import plot_history
+
+    history = pd.DataFrame([{"epoch": e, "loss": 3.0 / e, "temperature": 0.07 - 0.001 * e,
+                             **{f"val_{k}": 10.0 * e for k in METRIC_KEYS}} for e in (1, 2, 3)])
+    fig = plot_history(history, title="run")
+    loss, temperature, recall = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["training loss", "temperature", "validation recall"]
+    assert list(loss.get_lines()[0].get_ydata()) == [3.0, 1.5, 1.0]
+    assert len(recall.get_lines()) == 6 and recall.get_ylabel() == "R@K (%)"
