@@ -14,7 +14,11 @@ strings embed to equal vectors and tie exactly; handing such ties to the
 ground truth would inflate image -> text recall. Without ties every rule gives
 VSE++'s numbers.
 
-Explained in ``notebooks/03_contrastive_training.ipynb``.
+Also COCO's "1K" protocol (metrics averaged over five folds of 1,000 images,
+``folds=5``) and the exact scores of chance (:func:`chance_metrics`).
+
+Introduced in ``notebooks/03_contrastive_training.ipynb``; built from scratch,
+checked and timed in ``notebooks/04_evaluation.ipynb``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["METRIC_KEYS", "retrieval_ranks", "retrieval_metrics", "format_metrics"]
+__all__ = [
+    "METRIC_KEYS", "retrieval_ranks", "retrieval_metrics", "retrieval_metrics_per_fold", "fold_indices",
+    "chance_metrics", "format_metrics",
+]  # fmt: skip
+
+_CHUNK_SCORES = 1 << 22  # scores held at once: 4 Mi float32 = 16 MB
 
 METRIC_KEYS = (
     "i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
@@ -42,16 +51,25 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
 
 @torch.no_grad()
 def retrieval_ranks(
-    img_emb: Any, txt_emb: Any, txt_to_img: Any, chunk_size: int = 1024
+    img_emb: Any, txt_emb: Any, txt_to_img: Any, chunk_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(i2t_ranks, t2i_ranks)``: the 0-based rank of the ground truth for every image and every caption.
 
     ``img_emb`` is ``(N, D)``, ``txt_emb`` ``(M, D)``, ``txt_to_img`` the image
     index of each caption (``M`` integers in ``[0, N)``; every image needs at
     least one caption). Scores are dot products (cosine similarity for unit
-    vectors), computed ``chunk_size`` images at a time.
+    vectors).
 
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    Vectorised and chunked: image -> text takes ``chunk_size`` images at a
+    time against all captions, text -> image ``chunk_size`` captions at a time
+    against all images, so memory stays at one ``chunk_size x M`` block of
+    scores (by default about 4 million scores, 16 MB) whatever the gallery.
+    Each rank is a count of the candidates scoring at least the ground truth,
+    read off the same block of scores that holds the ground truth; no sort.
+    5,000 images x 25,000 captions (COCO 5K) take well under a second on two
+    CPU cores (``benchmarks/evaluation.py``).
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
     """
     img = _as_tensor(img_emb, "img_emb")
     txt = _as_tensor(txt_emb, "txt_emb")
@@ -67,22 +85,35 @@ def retrieval_ranks(
     if bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
         raise ValueError(f"images {missing} have no caption in txt_to_img; every image needs at least one")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
 
-    i2t = torch.empty(n, dtype=torch.long)
-    t2i_gt = torch.empty(m)  # score of each caption's own image
-    t2i = torch.zeros(m, dtype=torch.long)
-    for start in range(0, n, chunk_size):
-        sim = img[start:start + chunk_size] @ txt.T  # (chunk, M)
-        rows = torch.arange(start, start + sim.shape[0])
-        own = owner[None, :] == rows[:, None]  # (chunk, M): caption j belongs to image i
-        best_own = sim.masked_fill(~own, float("-inf")).max(dim=1).values
-        i2t[rows] = ((sim >= best_own[:, None]) & ~own).sum(dim=1)
-        in_chunk = (owner >= start) & (owner < start + sim.shape[0])
-        t2i_gt[in_chunk] = sim[owner[in_chunk] - start, torch.nonzero(in_chunk).flatten()]
-    for start in range(0, n, chunk_size):
-        sim = img[start:start + chunk_size] @ txt.T
-        t2i += (sim >= t2i_gt[None, :]).sum(dim=0)
-    t2i -= 1  # the caption's own image is among those scoring >= its own score
+    # Image -> text. Captions grouped by image, so a chunk of images owns one contiguous run of them.
+    by_image = torch.argsort(owner, stable=True)
+    first = torch.zeros(n + 1, dtype=torch.long)
+    first[1:] = counts.cumsum(0)
+    rows_per_chunk = chunk_size or max(1, _CHUNK_SCORES // max(m, 1))
+    i2t = torch.empty(n, dtype=torch.int64)
+    for start in range(0, n, rows_per_chunk):
+        stop = min(n, start + rows_per_chunk)
+        sim = img[start:stop] @ txt.T  # (chunk, M)
+        own = by_image[first[start]:first[stop]]  # the captions of these images
+        row = owner[own] - start
+        own_score = sim[row, own]
+        best = torch.full((stop - start,), float("-inf")).scatter_reduce_(0, row, own_score, "amax")
+        # Candidates scoring >= the best own caption, minus the image's own captions among them (ties included).
+        own_at_best = torch.zeros(stop - start, dtype=torch.int32).scatter_add_(
+            0, row, (own_score >= best[row]).to(torch.int32))
+        i2t[start:stop] = (sim >= best[:, None]).sum(dim=1, dtype=torch.int32) - own_at_best
+
+    # Text -> image: the images scoring >= the caption's own image, minus that image itself.
+    rows_per_chunk = chunk_size or max(1, _CHUNK_SCORES // max(n, 1))
+    t2i = torch.empty(m, dtype=torch.int64)
+    for start in range(0, m, rows_per_chunk):
+        stop = min(m, start + rows_per_chunk)
+        sim = txt[start:stop] @ img.T  # (chunk, N)
+        own_score = sim[torch.arange(stop - start), owner[start:stop]]
+        t2i[start:stop] = (sim >= own_score[:, None]).sum(dim=1, dtype=torch.int32) - 1
     return i2t.numpy(), t2i.numpy()
 
 
@@ -94,19 +125,109 @@ def _summarise(ranks: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def retrieval_metrics(img_emb: Any, txt_emb: Any, txt_to_img: Any) -> dict[str, float]:
+def _metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray) -> dict[str, float]:
+    metrics = {**_summarise(i2t, "i2t"), **_summarise(t2i, "t2i")}
+    metrics["rsum"] = round(sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)), 9)
+    return {key: metrics[key] for key in METRIC_KEYS}
+
+
+def fold_indices(num_images: int, txt_to_img: Any, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(images, captions)`` index arrays of each of ``folds`` equal, consecutive folds of the images.
+
+    Fold ``f`` holds images ``f*N/folds`` to ``(f+1)*N/folds - 1`` and every
+    caption of those images, in their order: COCO's "1K" protocol is
+    ``folds=5`` on the 5,000 test images (VSE++ takes captions
+    ``5000*f .. 5000*f + 4999``, the same captions when each image has five in
+    a row).
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    owner = np.asarray(txt_to_img)
+    if not isinstance(folds, (int, np.integer)) or isinstance(folds, bool) or folds < 1:
+        raise ValueError(f"folds must be a positive integer, got {folds!r}")
+    if num_images % folds:
+        raise ValueError(f"{num_images} images cannot be cut into {folds} equal folds; COCO's 1K protocol is "
+                         "folds=5 on its 5,000 test images")
+    size = num_images // folds
+    return [(np.arange(f * size, (f + 1) * size), np.flatnonzero((owner >= f * size) & (owner < (f + 1) * size)))
+            for f in range(folds)]
+
+
+def retrieval_metrics(img_emb: Any, txt_emb: Any, txt_to_img: Any, folds: int = 1) -> dict[str, float]:
     """The standard retrieval metrics as a dict with the keys of :data:`METRIC_KEYS`.
 
     Embeddings may be torch tensors or NumPy arrays; ``txt_to_img`` gives the
     image of each caption (five per image on Flickr30k, COCO and the tiny set,
     but any number works). R@K are percentages.
 
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    ``folds=1`` ranks against the whole set (Flickr30k's 1K test, COCO "5K").
+    ``folds=5`` on COCO's 5,000 test images is COCO "1K": every metric is
+    computed within each fold of 1,000 images (see :func:`fold_indices`) and
+    averaged over the folds, as VSE++ and its successors report it.
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
     """
-    i2t, t2i = retrieval_ranks(img_emb, txt_emb, txt_to_img)
-    metrics = {**_summarise(i2t, "i2t"), **_summarise(t2i, "t2i")}
-    metrics["rsum"] = round(sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)), 9)
-    return {key: metrics[key] for key in METRIC_KEYS}
+    if folds == 1:
+        return _metrics_from_ranks(*retrieval_ranks(img_emb, txt_emb, txt_to_img))
+    per_fold = retrieval_metrics_per_fold(img_emb, txt_emb, txt_to_img, folds)
+    mean = {key: float(np.mean([m[key] for m in per_fold])) for key in METRIC_KEYS}
+    mean["rsum"] = round(sum(mean[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)), 9)
+    return mean
+
+
+def retrieval_metrics_per_fold(img_emb: Any, txt_emb: Any, txt_to_img: Any, folds: int) -> list[dict[str, float]]:
+    """:func:`retrieval_metrics` of each fold on its own (their mean is ``retrieval_metrics(..., folds=folds)``).
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    img = _as_tensor(img_emb, "img_emb")
+    txt = _as_tensor(txt_emb, "txt_emb")
+    owner = np.asarray(txt_to_img)
+    if owner.shape != (txt.shape[0],):
+        raise ValueError(f"txt_to_img has shape {owner.shape}; it needs one image index per caption, ({txt.shape[0]},)")
+    out = []
+    for images, captions in fold_indices(img.shape[0], owner, folds):
+        ranks = retrieval_ranks(img[images], txt[captions], owner[captions] - images[0])
+        out.append(_metrics_from_ranks(*ranks))
+    return out
+
+
+def chance_metrics(txt_to_img: Any, num_images: int | None = None) -> dict[str, float]:
+    """What random scores achieve on average: the expected metrics of a model that ranks at random.
+
+    Exact, not simulated. Text -> image: a caption's image is equally likely at
+    every rank, so R@K = K / N and the mean rank is (N + 1) / 2. Image -> text:
+    an image with ``c`` of the ``M`` captions misses the top K with probability
+    C(M - c, K) / C(M, K), and its best caption's expected 0-based rank is
+    (M - c) / (c + 1). ``medr`` is the median of the rank distribution, pooled
+    over the queries.
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    owner = np.asarray(txt_to_img, dtype=np.int64)
+    n = int(num_images) if num_images is not None else int(owner.max()) + 1
+    m = len(owner)
+    counts = np.bincount(owner, minlength=n)
+    if (counts == 0).any():
+        raise ValueError(f"images {np.flatnonzero(counts == 0)[:5].tolist()} have no caption in txt_to_img")
+    out: dict[str, float] = {}
+    # P(best own caption's 0-based rank >= r) = C(M - c, r) / C(M, r), for each image, r = 0 .. M - c.
+    r = np.arange(m + 1)
+    miss = np.ones((n, m + 1))
+    for c in np.unique(counts):
+        factors = np.clip((m - c - r[:-1]) / (m - r[:-1]), 0.0, None)
+        miss[counts == c, 1:] = np.cumprod(factors)
+    at_least = miss.mean(axis=0)  # pooled over the images
+    for k in (1, 5, 10):
+        out[f"i2t_r{k}"] = 100.0 * (1.0 - at_least[min(k, m)])
+    out["i2t_medr"] = float(np.argmax(1.0 - at_least[1:] >= 0.5) + 1)
+    out["i2t_meanr"] = float(np.mean((m - counts) / (counts + 1)) + 1)
+    for k in (1, 5, 10):
+        out[f"t2i_r{k}"] = 100.0 * min(k, n) / n
+    out["t2i_medr"] = float(np.ceil(n / 2))
+    out["t2i_meanr"] = (n + 1) / 2
+    out["rsum"] = round(sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)), 9)
+    return {key: out[key] for key in METRIC_KEYS}
 
 
 def format_metrics(metrics: dict[str, float], digits: int = 1) -> str:
@@ -114,6 +235,7 @@ def format_metrics(metrics: dict[str, float], digits: int = 1) -> str:
 
     Explained in ``notebooks/03_contrastive_training.ipynb``.
     """
+
     def r(d: str) -> str:
         return "/".join(f"{metrics[f'{d}_r{k}']:.{digits}f}" for k in (1, 5, 10))
 

@@ -1,4 +1,5 @@
-"""Retrieval metrics (chapter 03): R@K, medr and meanr in both directions, with the pessimistic tie rule."""
+"""Retrieval metrics (chapters 03 and 04): R@K, medr and meanr in both directions, with the pessimistic tie
+rule; COCO's 1K folds; chance level; agreement with slow reference loops and with torchmetrics."""
 
 import math
 
@@ -6,10 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import siamese_utils.metrics as metrics_module
 from siamese_utils.metrics import (
     METRIC_KEYS,
+    chance_metrics,
+    fold_indices,
     format_metrics,
     retrieval_metrics,
+    retrieval_metrics_per_fold,
     retrieval_ranks,
 )
 
@@ -324,3 +329,163 @@ def test_t2i_recall_matches_torchmetrics_hit_rate(k):
     indexes = torch.arange(m).repeat_interleave(n)
     hit_rate = torchmetrics_retrieval.RetrievalHitRate(top_k=k)(preds, target, indexes=indexes)
     assert retrieval_metrics(img, txt, owner)[f"t2i_r{k}"] == pytest.approx(100 * hit_rate.item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_i2t_recall_matches_torchmetrics_hit_rate_not_recall(k):
+    """Image -> text R@K is RetrievalHitRate (is *any* own caption in the top K?), not RetrievalRecall.
+
+    RetrievalRecall divides the own captions found in the top K by the five an image has, so at K = 1
+    it cannot exceed 20 %: a different quantity, which papers do not report.
+    """
+    torchmetrics_retrieval = pytest.importorskip("torchmetrics.retrieval")
+    img, txt, owner = structured(8, FIVE_EACH, noise=1.5)
+    sim = torch.from_numpy(img) @ torch.from_numpy(txt).T  # (N, M): image i's scores for every caption
+    n, m = sim.shape
+    preds = sim.reshape(-1)
+    target = (torch.from_numpy(owner)[None, :] == torch.arange(n)[:, None]).reshape(-1)
+    indexes = torch.arange(n).repeat_interleave(m)
+    hit_rate = torchmetrics_retrieval.RetrievalHitRate(top_k=k)(preds, target, indexes=indexes).item()
+    recall = torchmetrics_retrieval.RetrievalRecall(top_k=k)(preds, target, indexes=indexes).item()
+    ours = retrieval_metrics(img, txt, owner)[f"i2t_r{k}"]
+    assert ours == pytest.approx(100 * hit_rate, abs=1e-4)
+    # RetrievalRecall: the share of an image's five captions in its top K, averaged.
+    in_top = (sim.argsort(dim=1, descending=True)[:, :k].flatten(), torch.arange(n).repeat_interleave(k))
+    found = (torch.from_numpy(owner)[in_top[0]] == in_top[1]).float().reshape(n, k).sum(1) / 5
+    assert recall == pytest.approx(found.mean().item(), abs=1e-6)
+    if k == 1:
+        assert recall <= 0.2 and ours > 20.0  # a good model, yet "recall" reads at most 20 %
+    assert 100 * recall <= ours
+
+
+# ---------------------------------------------------------------------------
+# Shapes, chunks and the fast path
+# ---------------------------------------------------------------------------
+
+MIXED_456 = np.random.default_rng(3).choice([4, 5, 6], size=40).tolist()
+
+
+@pytest.mark.parametrize(
+    "counts, dim",
+    [([4] * 25, 8), ([5] * 30, 16), ([6] * 20, 32), (MIXED_456, 16), ([1] * 60, 16), ([50] * 3, 4)],
+    ids=["four-each", "five-each", "six-each", "four-five-six", "one-each", "fifty-each"],
+)
+def test_equals_reference_loop_for_many_shapes(counts, dim):
+    """Images with 4, 5, 6 (mixed), 1 and 50 captions, several dimensions: every metric within 1e-6."""
+    img, txt, owner = structured(11, counts, dim=dim)
+    expected = metrics_from_ranks(*reference_ranks(img, txt, owner))
+    got = retrieval_metrics(img, txt, owner)
+    for key in METRIC_KEYS:
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_default_chunks_split_a_large_gallery(monkeypatch):
+    """With a small score budget the default chunking takes many blocks in both directions; same ranks."""
+    img, txt, owner = structured(12, MIXED_456)
+    expected = retrieval_ranks(img, txt, owner, chunk_size=len(owner))  # one block each way
+    monkeypatch.setattr(metrics_module, "_CHUNK_SCORES", 3 * len(owner))  # 3 rows per block
+    got = retrieval_ranks(img, txt, owner)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[0], reference_ranks(img, txt, owner)[0])
+
+
+def test_captions_in_any_order():
+    """Captions need not be grouped by image: shuffling them changes no image -> text rank."""
+    img, txt, owner = structured(13, MIXED_456)
+    perm = np.random.default_rng(0).permutation(len(owner))
+    i2t, t2i = retrieval_ranks(img, txt, owner, chunk_size=7)
+    i2t_shuffled, t2i_shuffled = retrieval_ranks(img, txt[perm], owner[perm], chunk_size=7)
+    np.testing.assert_array_equal(i2t_shuffled, i2t)
+    np.testing.assert_array_equal(t2i_shuffled, t2i[perm])
+
+
+def test_bad_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size must be a positive number of rows, got 0"):
+        retrieval_ranks(np.eye(2), np.eye(2), [0, 1], chunk_size=0)
+
+
+# ---------------------------------------------------------------------------
+# COCO 1K: five folds of 1,000 images
+# ---------------------------------------------------------------------------
+
+
+def test_folds_average_the_metrics_of_each_fold():
+    """folds=5 is the mean over five consecutive image folds, each ranked only within itself."""
+    img, txt, owner = structured(14, [5] * 50, noise=2.0)
+    per_fold = retrieval_metrics_per_fold(img, txt, owner, 5)
+    assert len(per_fold) == 5
+    for f, m in enumerate(per_fold):  # fold f: images 10f..10f+9 and, as VSE++ slices them, captions 50f..50f+49
+        images, captions = slice(10 * f, 10 * f + 10), slice(50 * f, 50 * f + 50)
+        assert m == retrieval_metrics(img[images], txt[captions], owner[captions] - 10 * f)
+    mean = retrieval_metrics(img, txt, owner, folds=5)
+    for key in METRIC_KEYS:
+        assert mean[key] == pytest.approx(np.mean([m[key] for m in per_fold]), abs=1e-9), key
+    # Smaller galleries are easier: the 1K-style numbers beat the full-set ones.
+    assert mean["rsum"] > retrieval_metrics(img, txt, owner)["rsum"]
+    assert retrieval_metrics(img, txt, owner, folds=1) == retrieval_metrics(img, txt, owner)
+
+
+def test_fold_indices_follow_the_images_not_the_caption_order():
+    owner = np.array([2, 0, 1, 3, 0, 3, 2, 1])
+    (images0, captions0), (images1, captions1) = fold_indices(4, owner, 2)
+    np.testing.assert_array_equal(images0, [0, 1])
+    np.testing.assert_array_equal(captions0, [1, 2, 4, 7])
+    np.testing.assert_array_equal(images1, [2, 3])
+    np.testing.assert_array_equal(captions1, [0, 3, 5, 6])
+
+
+@pytest.mark.parametrize("folds, message", [(3, "10 images cannot be cut into 3 equal folds"),
+                                            (0, "folds must be a positive integer, got 0"),
+                                            (2.5, "folds must be a positive integer, got 2.5")])
+def test_bad_folds(folds, message):
+    img, txt, owner = structured(15, [2] * 10)
+    with pytest.raises(ValueError, match=message):
+        retrieval_metrics(img, txt, owner, folds=folds)
+
+
+# ---------------------------------------------------------------------------
+# Chance level
+# ---------------------------------------------------------------------------
+
+
+def _enumerated_chance(counts):
+    """Every ordering of the captions (for i2t) and of the images (for t2i), equally likely."""
+    import itertools
+
+    owner = np.repeat(np.arange(len(counts)), counts)
+    n, m = len(counts), len(owner)
+    i2t = [min(pos for pos, j in enumerate(order) if owner[j] == i)
+           for order in itertools.permutations(range(m)) for i in range(n)]
+    t2i = [order.index(owner[j]) for order in itertools.permutations(range(n)) for j in range(m)]
+    return np.array(i2t), np.array(t2i)
+
+
+@pytest.mark.parametrize("counts", [[1, 2, 1], [2, 2, 2], [3, 1, 1, 2]])
+def test_chance_metrics_are_exact(counts):
+    """Against the average over every possible ordering: R@K and mean rank exactly, medr as the median."""
+    i2t, t2i = _enumerated_chance(counts)
+    chance = chance_metrics(np.repeat(np.arange(len(counts)), counts))
+    for prefix, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k in (1, 5, 10):
+            assert chance[f"{prefix}_r{k}"] == pytest.approx(100 * np.mean(ranks < k), abs=1e-9)
+        assert chance[f"{prefix}_meanr"] == pytest.approx(np.mean(ranks) + 1, abs=1e-9)
+        assert chance[f"{prefix}_medr"] == np.sort(ranks)[(len(ranks) - 1) // 2] + 1  # the lower median
+
+
+def test_chance_metrics_match_random_embeddings():
+    """Random embeddings score about chance (500 draws of 20 images x 100 captions)."""
+    owner = np.repeat(np.arange(20), 5)
+    rng = np.random.default_rng(0)
+    draws = [retrieval_metrics(rng.standard_normal((20, 8)), rng.standard_normal((100, 8)), owner)
+             for _ in range(500)]
+    chance = chance_metrics(owner)
+    assert chance["t2i_r1"] == 5.0 and chance["t2i_r10"] == 50.0 and chance["t2i_meanr"] == 10.5
+    assert chance["i2t_r1"] == pytest.approx(5.0)  # 1 - C(95, 1) / C(100, 1)
+    for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_meanr", "t2i_meanr"):
+        assert np.mean([d[key] for d in draws]) == pytest.approx(chance[key], rel=0.05, abs=0.5), key
+
+
+def test_chance_metrics_errors():
+    with pytest.raises(ValueError, match=r"images \[1\] have no caption"):
+        chance_metrics([0, 0, 2])
