@@ -6,11 +6,14 @@ Commands:
 - ``info``: read a dataset folder, print its splits, optionally decode every image;
 - ``model``: build a dual encoder from its settings and print its parts, weights and sizes;
 - ``train``: train a dual encoder on a dataset folder, with a checkpoint after every epoch;
+- ``evaluate``: retrieval metrics of a trained model on one split (a table, or JSON);
+- ``search``: the best images for a caption, or the best captions for an image;
 - ``refresh-notebooks``: re-execute notebooks in place, so stored outputs are one in-order run.
 
 Explained in ``notebooks/01_preprocessing.ipynb`` (data commands) and
 ``notebooks/02_model_construction.ipynb`` (``model``) and
-``notebooks/03_contrastive_training.ipynb`` (``train``).
+``notebooks/03_contrastive_training.ipynb`` (``train``) and
+``notebooks/04_evaluation.ipynb`` (``evaluate``, ``search``).
 """
 
 from __future__ import annotations
@@ -205,6 +208,88 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str | None):
+    from .runtime import choose_device
+
+    try:
+        return choose_device(name)
+    except RuntimeError as e:  # an unknown or unavailable device
+        raise ValueError(f"--device {name}: {str(e).splitlines()[0]}") from None
+
+
+def _read_split(data_dir: Path, name: str):
+    data = read_dataset(data_dir)
+    split = data.split(name)
+    if len(split) == 0:
+        raise ValueError(f"{data.source} has no images in the {name} split; choose another --split")
+    return split
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .metrics import retrieval_metrics
+    from .search import _stored_train_config
+    from .text import load_tokenizer
+    from .train import encode_split, load_model
+
+    config = _stored_train_config(args.checkpoint)  # also: a missing or broken checkpoint fails here, at once
+    split = _read_split(args.data, args.split)
+    if len(split) % args.folds:
+        raise ValueError(f"--folds {args.folds}: the {args.split} split has {len(split)} images, which do not split "
+                         f"into {args.folds} equal folds; choose a number of folds that divides {len(split)}")
+    device = _device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
+    # The settings `train` evaluates its test split with, so that metrics.json is reproduced exactly.
+    img_emb, txt_emb = encode_split(model, split, load_tokenizer(), device, image_size=config.image_size,
+                                    max_length=config.max_length, batch_size=config.eval_batch_size)
+    metrics = retrieval_metrics(img_emb, txt_emb, split.txt_to_img, folds=args.folds)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    per_fold = f", averaged over {args.folds} folds of {len(split) // args.folds} images" if args.folds > 1 else ""
+    print(f"{args.checkpoint}: {args.split} split of {split.source} ({len(split)} images, "
+          f"{split.num_captions} captions{per_fold})")
+    print(f"{'':<12}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'medr':>7}{'meanr':>8}")
+    for label, d in (("image->text", "i2t"), ("text->image", "t2i")):
+        recalls = "".join(f"{metrics[f'{d}_r{k}']:>7.1f}" for k in (1, 5, 10))
+        print(f"{label:<12}{recalls}{metrics[f'{d}_medr']:>7.1f}{metrics[f'{d}_meanr']:>8.2f}")
+    print(f"rsum {metrics['rsum']:.1f}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .search import Gallery
+
+    if args.k < 1:
+        raise ValueError(f"-k {args.k}: ask for at least 1 result")
+    if args.image is None and not args.caption.strip():
+        raise ValueError("the caption is empty: give a caption to search for, or --image PATH")
+    if args.image is not None:
+        Gallery._read(args.image)  # an unreadable image fails before the split is encoded
+    split = _read_split(args.data, args.split)
+    gallery = Gallery.from_checkpoint(args.checkpoint, split, device=_device(args.device))
+    if args.image is None:
+        found = gallery.search_text(args.caption, args.k)
+        print(f"top {len(found)} of {len(split)} {args.split} images for \"{args.caption.strip()}\":")
+        rows = [(r.rank, r.score, r.filename, r.caption, r.match) for r in found.itertuples()]
+        header, mark = ("filename", "first caption"), "* = an image this caption belongs to"
+        own = any(args.caption.strip() in r.captions for r in split)
+        missing = f"(no image this caption belongs to is in the top {args.k})"
+    else:
+        found = gallery.search_image(args.image, args.k)
+        print(f"top {len(found)} of {split.num_captions} {args.split} captions for the image {args.image}:")
+        rows = [(r.rank, r.score, split[r.image].name, r.caption, r.match) for r in found.itertuples()]
+        header, mark = ("image", "caption"), "* = a caption of this image"
+        own = gallery._own_image(args.image) is not None
+        missing = f"(none of this image's captions is in the top {args.k})"
+    width = max(len(header[0]), *(len(r[2]) for r in rows))
+    print(f"rank  score  {header[0]:<{width}}  {header[1]}")
+    for rank, score, name, text, match in rows:
+        print(f"{rank:>4}  {score:.3f}  {name:<{width}}  {text}{'  *' if match else ''}")
+    if own:
+        print(mark if any(r[4] for r in rows) else missing)
+    return 0
+
+
 def _refresh(args: argparse.Namespace) -> int:
     from .notebooks import execute_notebook
 
@@ -299,6 +384,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("evaluate", help="retrieval metrics of a trained model on one split",
+                       description="Evaluate a trained dual encoder on one split of a dataset: Recall@1/5/10, median "
+                       "and mean rank, image->text and text->image, and rsum. Images and captions are encoded with "
+                       "the settings stored in the checkpoint, as `train` does for metrics.json.")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT",
+                   help="a run folder written by `train` (holding model.pt) or a checkpoint file")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="(default: %(default)s)")
+    p.add_argument("--folds", type=positive_int, default=1,
+                   help="average the metrics over this many equal folds of the images, e.g. 5 for COCO's 1K test "
+                   "protocol (default: %(default)s, the whole split)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (the keys of metrics.json)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("search", help="the best images for a caption, or the best captions for an image",
+                       description="Search one split of a dataset with a trained dual encoder: give a caption to "
+                       "list the images that match it best, or --image PATH to list the captions that describe "
+                       "that image best. A '*' marks the true matches when the query comes from the dataset.")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT",
+                   help="a run folder written by `train` (holding model.pt) or a checkpoint file")
+    p.add_argument("caption", nargs="?", default=None, metavar="CAPTION",
+                   help="the caption to search images for (quote it)")
+    p.add_argument("--image", type=Path, default=None, help="an image file to search captions for, instead")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test",
+                   help="the split to search in (default: %(default)s)")
+    p.add_argument("-k", type=int, default=5, help="number of results (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.set_defaults(func=_search, search_parser=p)
+
     p = sub.add_parser("refresh-notebooks", help="re-execute notebooks in place (default: notebooks/NN_*.ipynb)")
     p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: all, in order)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: %(default)s)")
@@ -306,8 +422,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _search_query(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Settle `search`'s query; returns the arguments still unrecognised.
+
+    argparse fills the optional positional CAPTION together with RUN_OR_CHECKPOINT, so in
+    ``search RUN --data DIR "a caption"`` the caption arrives among the unrecognised arguments.
+    """
+    if args.caption is None and extra and not extra[0].startswith("-"):
+        args.caption = extra.pop(0)
+    words = [s for s in extra if not s.startswith("-")]
+    if args.caption is not None and words:
+        args.search_parser.error(f"unrecognized arguments: {' '.join(extra)} (quote a caption of several words)")
+    if args.caption is None and args.image is None:
+        args.search_parser.error("give a caption to search images for, or --image PATH to search captions")
+    if args.caption is not None and args.image is not None:
+        args.search_parser.error("give a caption or --image PATH, not both")
+    return extra
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "search":
+        extra = _search_query(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (DatasetError, FileExistsError, FileNotFoundError, ValueError, ImportError) as e:

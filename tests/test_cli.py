@@ -1,4 +1,4 @@
-"""The command line: make-tiny, info and model, with clear errors and nothing lost."""
+"""The command line: make-tiny, info, model, train, evaluate and search, with clear errors and nothing lost."""
 
 import json
 import subprocess
@@ -264,3 +264,180 @@ def test_train_interrupted_says_how_to_resume(small_tiny, tmp_path, capsys, monk
     assert main(["train", "--data", str(small_tiny), "--out", str(out), *SMALL_FLAGS]) == 130
     assert "holds the last finished epoch: continue with --resume" in capsys.readouterr().err
     assert (out / "config.json").is_file()  # what --resume needs is there
+
+
+# --------------------------------------------------------------------------- evaluate and search
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_tiny, tmp_path_factory):
+    """One small `train` run (1 epoch) shared by the evaluate and search tests."""
+    out = tmp_path_factory.mktemp("eval") / "run"
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--epochs", "1", *SMALL_FLAGS]) == 0
+    return out
+
+
+def test_evaluate_json_reproduces_the_test_metrics_of_train(trained_run, small_tiny, capsys):
+    from siamese_utils.metrics import METRIC_KEYS
+
+    capsys.readouterr()
+    stored = json.loads((trained_run / "metrics.json").read_text())["test"]
+    for target in (trained_run, trained_run / "model.pt"):  # a run folder or the checkpoint file
+        assert main(["evaluate", str(target), "--data", str(small_tiny), "--json", "--device", "cpu"]) == 0
+        out = capsys.readouterr().out
+        metrics = json.loads(out)
+        assert metrics == stored and list(metrics) == list(METRIC_KEYS)  # the same floats, bit for bit
+        assert out == json.dumps(stored, indent=2) + "\n"  # nothing else on stdout
+
+
+def test_evaluate_prints_a_table(trained_run, small_tiny, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(trained_run), "--data", str(small_tiny), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    val = json.loads((trained_run / "metrics.json").read_text())["val"]
+    lines = out.splitlines()
+    assert "val split" in lines[0] and "12 images, 60 captions" in lines[0]
+    assert lines[1].split() == ["R@1", "R@5", "R@10", "medr", "meanr"]
+    for line, d in zip(lines[2:4], ("i2t", "t2i")):
+        expected = [f"{val[f'{d}_r{k}']:.1f}" for k in (1, 5, 10)] + [f"{val[f'{d}_medr']:.1f}",
+                                                                      f"{val[f'{d}_meanr']:.2f}"]
+        assert line.split() == [{"i2t": "image->text", "t2i": "text->image"}[d], *expected]
+    assert lines[4] == f"rsum {val['rsum']:.1f}"
+
+
+def test_evaluate_folds_average_equal_slices_of_the_images(trained_run, small_tiny, capsys):
+    import numpy as np
+
+    from siamese_utils.data import read_dataset
+    from siamese_utils.metrics import retrieval_metrics
+    from siamese_utils.text import load_tokenizer
+    from siamese_utils.train import encode_split, load_model
+
+    split = read_dataset(small_tiny).split("test")
+    img, txt = encode_split(load_model(trained_run), split, load_tokenizer(), image_size=16, max_length=32)
+    owner = split.txt_to_img
+    folds = []
+    for f in range(2):
+        images = np.arange(6 * f, 6 * f + 6)
+        captions = np.isin(owner, images)
+        folds.append(retrieval_metrics(img[images], txt[captions], owner[captions] - 6 * f))
+    capsys.readouterr()
+    assert main(["evaluate", str(trained_run), "--data", str(small_tiny), "--folds", "2", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics == pytest.approx({k: (a + b) / 2 for (k, a), b in zip(folds[0].items(), folds[1].values())})
+    assert main(["evaluate", str(trained_run), "--data", str(small_tiny), "--folds", "2"]) == 0
+    assert "averaged over 2 folds of 6 images" in capsys.readouterr().out
+    assert main(["evaluate", str(trained_run), "--data", str(small_tiny), "--folds", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --folds 5: the test split has 12 images") and err.count("\n") == 1
+
+
+def test_evaluate_refuses_bad_checkpoints_in_one_line(trained_run, small_tiny, tmp_path, capsys):
+    import torch
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((trained_run / "model.pt").read_bytes()[:2000])
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    other = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    cases = [(tmp_path / "nothing.pt", "no such checkpoint"), (tmp_path, "no such checkpoint"),
+             (truncated, "cannot read it as a checkpoint"), (text, "cannot read it as a checkpoint"),
+             (other, "not a siamese_utils checkpoint")]
+    for path, message in cases:
+        assert main(["evaluate", str(path), "--data", str(small_tiny)]) == 2, path
+        err = capsys.readouterr().err
+        shown = path / "model.pt" if path.is_dir() else path
+        assert err.startswith(f"error: {shown}: ") and message in err and err.count("\n") == 1, err
+    proc = subprocess.run([sys.executable, "-m", "siamese_utils", "evaluate", str(truncated), "--data",
+                           str(small_tiny)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: {truncated}: ") and "Traceback" not in proc.stderr
+
+
+def test_evaluate_refuses_a_bad_or_empty_split(trained_run, small_tiny, make_karpathy, capsys):
+    from conftest import karpathy_entry
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(trained_run), "--data", str(small_tiny), "--split", "dev"])
+    assert exit_.value.code == 2 and "argument --split: invalid choice: 'dev'" in capsys.readouterr().err
+    no_val = make_karpathy([karpathy_entry("a.png"), karpathy_entry("b.png", split="test")])
+    assert main(["evaluate", str(trained_run), "--data", str(no_val)]) == 0  # one test image is enough
+    capsys.readouterr()
+    assert main(["evaluate", str(trained_run), "--data", str(no_val), "--split", "val"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "has no images in the val split; choose another --split" in err
+
+
+def _rows(out):
+    """The result rows of `search`'s output: (rank, score, name, text, marked)."""
+    rows = []
+    for line in out.splitlines()[2:]:
+        if line[:4].strip().isdigit():
+            rank, score, name, text = line.split(maxsplit=3)
+            rows.append((int(rank), float(score), name, text.removesuffix("  *"), text.endswith("  *")))
+    return rows
+
+
+def test_search_by_caption_lists_and_marks_the_images(trained_run, small_tiny, tokenizer, capsys):
+    from siamese_utils.data import read_dataset
+    from siamese_utils.search import Gallery
+
+    split = read_dataset(small_tiny).split("test")
+    caption = split[5].captions[2]
+    capsys.readouterr()
+    assert main(["search", str(trained_run), "--data", str(small_tiny), caption, "-k", "12"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f'top 12 of 12 test images for "{caption}":'
+    expected = Gallery.from_checkpoint(trained_run, split, tokenizer).search_text(caption, k=12)
+    rows = _rows(out)
+    assert [r[2] for r in rows] == expected["filename"].tolist()
+    assert [r[3] for r in rows] == expected["caption"].tolist()
+    assert [r[1] for r in rows] == pytest.approx(expected["score"].round(3).tolist(), abs=1e-9)
+    assert [r[4] for r in rows] == expected["match"].tolist() and rows[[r[2] for r in rows].index(split[5].name)][4]
+    assert out.splitlines()[-1] == "* = an image this caption belongs to"
+    # The caption may also come first; a caption of no image marks nothing.
+    assert main(["search", str(trained_run), "a purple moon over a sea", "--data", str(small_tiny), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert len(_rows(out)) == 2 and "*" not in out
+
+
+def test_search_by_image_lists_and_marks_its_captions(trained_run, small_tiny, capsys):
+    from siamese_utils.data import read_dataset
+
+    split = read_dataset(small_tiny).split("test")
+    image = split[2].path
+    capsys.readouterr()
+    assert main(["search", str(trained_run), "--data", str(small_tiny), "--image", str(image), "-k", "60"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert len(rows) == 60 and [r[0] for r in rows] == list(range(1, 61))
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+    marked = [r for r in rows if r[4]]
+    assert len(marked) == 5 and all(r[2] == split[2].name for r in marked)
+    assert sorted(r[3] for r in marked) == sorted(split[2].captions)
+    assert out.splitlines()[-1] == "* = a caption of this image"
+
+
+def test_search_errors(trained_run, small_tiny, tmp_path, capsys):
+    fake = tmp_path / "photo.png"
+    fake.write_text("these are not pixels")
+    base = ["search", str(trained_run), "--data", str(small_tiny)]
+    cases = [([" "], "error: the caption is empty: give a caption to search for"),
+             (["a red circle", "-k", "0"], "error: -k 0: ask for at least 1 result"),
+             (["--image", str(fake)], f"error: {fake}: not an image Pillow can read"),
+             (["--image", str(tmp_path / "gone.png")], f"error: {tmp_path / 'gone.png'}: no such image file"),
+             (["--split", "val", "a red circle"], None)]
+    for flags, message in cases:
+        code = main([*base, *flags])
+        captured = capsys.readouterr()
+        if message is None:
+            assert code == 0 and "of 12 val images" in captured.out
+            continue
+        assert code == 2 and captured.err.startswith(message) and captured.err.count("\n") == 1, captured.err
+    for flags, message in [([], "give a caption to search images for, or --image PATH"),
+                           (["a red circle", "--image", str(fake)], "give a caption or --image PATH, not both"),
+                           (["a", "red", "circle"], "unrecognized arguments: red circle (quote a caption")]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, *flags])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
