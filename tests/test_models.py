@@ -267,7 +267,7 @@ def test_missing_optional_packages_are_named_with_the_pip_command(monkeypatch, m
 # --------------------------------------------------------------------------- text towers
 
 
-@pytest.mark.parametrize("name", ["seed_lstm", "gru", "gru_attention", "minilm"])
+@pytest.mark.parametrize("name", ["seed_lstm", "gru", "gru_attention", "bow", "minilm"])
 def test_padding_never_changes_a_captions_features(name, tokenizer, minilm, tiny_captions):
     torch.manual_seed(0)
     tower = minilm if name == "minilm" else M.build_text_tower(name).eval()
@@ -279,6 +279,24 @@ def test_padding_never_changes_a_captions_features(name, tokenizer, minilm, tiny
         alone = torch.cat([tower(*_encode(tokenizer, [c])) for c in captions])
     assert batched.shape == (len(captions), tower.out_dim)
     torch.testing.assert_close(batched, alone, atol=2e-5, rtol=1e-4)
+
+
+def test_bag_of_words_is_blind_to_word_order_to_the_bit(tokenizer):
+    """Same words in another order: the same vector exactly. Other words: another vector. Order-aware towers differ."""
+    torch.manual_seed(0)
+    captions = ["a red circle left of a blue square", "a blue square left of a red circle",
+                "a green square left of a blue circle", "a red circle"]
+    ids, mask = _encode(tokenizer, captions)
+    bow = M.build_text_tower("bow", word_dim=16).eval()
+    gru = M.build_text_tower("gru", word_dim=16, hidden_dim=16).eval()
+    with torch.no_grad():
+        out, order_aware = bow(ids, mask), gru(ids, mask)
+    assert out.shape == (4, 16) and bow.out_dim == 16
+    assert torch.equal(out[0], out[1])  # a minimal pair: the same bag of words
+    assert not torch.equal(out[0], out[2]) and not torch.equal(out[0], out[3])
+    assert not torch.allclose(order_aware[0], order_aware[1])
+    torch.testing.assert_close(out[3], bow.embedding(ids[3, :int(mask[3].sum())]).mean(0))
+    assert "bow" in M.TEXT_TOWERS and "order" in M.TEXT_TOWERS["bow"].about
 
 
 def test_the_fixed_lstm_is_the_lstm_read_at_the_last_real_token(tokenizer):

@@ -154,3 +154,51 @@ def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
         write_tiny_dataset(out, TinyConfig(seed=1, num_train=4, num_val=2, num_test=2), overwrite=True)
     assert {n: p.read_bytes() for n, p in _files(out).items()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+# --------------------------------------------------------------------------- failure analysis
+
+
+def test_failure_analysis_names_what_the_top_image_gets_wrong(tiny_dir):
+    """A perfect similarity matrix has no failures; moving one caption's best score to its partner,
+    to a two-shape image, or to another single shape is reported as exactly that."""
+    test = read_dataset(tiny_dir).split("test")
+    owner = test.txt_to_img
+    sim = (np.arange(len(test))[:, None] == owner[None, :]).astype(np.float32)
+    perfect = tiny.failure_analysis(test, sim)
+    assert len(perfect) == test.num_captions and (perfect["rank"] == 1).all() and (perfect["wrong"] == "").all()
+    assert set(perfect["asks"].cat.categories) == set(tiny.ASKS.values())
+    pairs = perfect[perfect["partner"] >= 0]
+    assert pairs["beats_partner"].all() and perfect.loc[perfect["partner"] < 0, "beats_partner"].isna().all()
+
+    scenes = [r.meta["scene"] for r in test]
+    paired = int(np.flatnonzero(perfect["partner"] >= 0)[0])  # a caption of a two-shape scene
+    partner = int(perfect.loc[paired, "partner"])
+    single = int(np.flatnonzero(perfect["partner"] < 0)[0])  # a caption of a one-shape scene
+    two_shape_image = int(perfect.loc[paired, "image"])
+    other_single = next(i for i, s in enumerate(scenes) if s["kind"] == "single"
+                        and s["objects"][0]["colour"] != scenes[owner[single]]["objects"][0]["colour"])
+    sim[partner, paired] = 2.0
+    sim[two_shape_image, single] = 2.0
+    report = tiny.failure_analysis(test, sim)
+    assert report.loc[paired, ["rank", "top", "wrong"]].tolist() == [2, partner, "its minimal pair"]
+    assert not report.loc[paired, "beats_partner"]
+    assert report.loc[single, "wrong"] == "number of shapes"
+    sim[two_shape_image, single] = 1.0
+    sim[other_single, single] = 3.0
+    assert tiny.failure_analysis(test, sim).loc[single, "wrong"] == "colour"
+    assert tiny._what_differs(scenes[0], scenes[0]) == "arrangement"
+
+
+def test_failure_analysis_refuses_other_data(tiny_dir, tmp_path):
+    test = read_dataset(tiny_dir).split("test")
+    with pytest.raises(ValueError, match=r"sim has shape \(3, 4\); for this split it must be \(images, captions\)"):
+        tiny.failure_analysis(test, np.zeros((3, 4)))
+    (tmp_path / "captions.csv").write_text("image,caption\na.png,a red circle\n")
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "a.png")
+    plain = read_dataset(tmp_path, val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(ValueError, match="carry no 'scene'"):
+        tiny.failure_analysis(plain, np.zeros((1, 1)))
