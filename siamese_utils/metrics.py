@@ -23,13 +23,14 @@ checked and timed in ``notebooks/04_evaluation.ipynb``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 __all__ = [
-    "METRIC_KEYS", "retrieval_ranks", "retrieval_metrics", "retrieval_metrics_per_fold", "fold_indices",
+    "METRIC_KEYS", "retrieval_ranks", "ranks_from_scores", "retrieval_metrics", "metrics_from_scores",
+    "retrieval_metrics_per_fold", "fold_indices",
     "chance_metrics", "format_metrics",
 ]  # fmt: skip
 
@@ -47,6 +48,54 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if t.ndim != 2:
         raise ValueError(f"{name} must be a (count, dim) matrix of embeddings, got shape {tuple(t.shape)}")
     return t.detach().to("cpu", torch.float32)
+
+
+def _check_owner(txt_to_img: Any, n: int, m: int) -> torch.Tensor:
+    owner = torch.as_tensor(np.asarray(txt_to_img), dtype=torch.long)
+    if owner.shape != (m,):
+        raise ValueError(f"txt_to_img has shape {tuple(owner.shape)}; it needs one image index per caption, ({m},)")
+    if m and (owner.min() < 0 or owner.max() >= n):
+        raise ValueError(f"txt_to_img holds image indices outside [0, {n}) for {n} images")
+    counts = torch.bincount(owner, minlength=n)
+    if bool((counts == 0).any()):
+        missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
+        raise ValueError(f"images {missing} have no caption in txt_to_img; every image needs at least one")
+    return owner
+
+
+def _count_ranks(i2t_block: Callable[[int, int], torch.Tensor], t2i_block: Callable[[int, int], torch.Tensor],
+                 owner: torch.Tensor, n: int, m: int, chunk_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks from blocks of scores: ``i2t_block(a, b)`` is images a..b-1 x all captions, ``t2i_block`` captions x images."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+    # Image -> text. Captions grouped by image, so a chunk of images owns one contiguous run of them.
+    counts = torch.bincount(owner, minlength=n)
+    by_image = torch.argsort(owner, stable=True)
+    first = torch.zeros(n + 1, dtype=torch.long)
+    first[1:] = counts.cumsum(0)
+    rows_per_chunk = chunk_size or max(1, _CHUNK_SCORES // max(m, 1))
+    i2t = torch.empty(n, dtype=torch.int64)
+    for start in range(0, n, rows_per_chunk):
+        stop = min(n, start + rows_per_chunk)
+        sim = i2t_block(start, stop)  # (chunk, M)
+        own = by_image[first[start]:first[stop]]  # the captions of these images
+        row = owner[own] - start
+        own_score = sim[row, own]
+        best = torch.full((stop - start,), float("-inf")).scatter_reduce_(0, row, own_score, "amax")
+        # Candidates scoring >= the best own caption, minus the image's own captions among them (ties included).
+        own_at_best = torch.zeros(stop - start, dtype=torch.int32).scatter_add_(
+            0, row, (own_score >= best[row]).to(torch.int32))
+        i2t[start:stop] = (sim >= best[:, None]).sum(dim=1, dtype=torch.int32) - own_at_best
+
+    # Text -> image: the images scoring >= the caption's own image, minus that image itself.
+    rows_per_chunk = chunk_size or max(1, _CHUNK_SCORES // max(n, 1))
+    t2i = torch.empty(m, dtype=torch.int64)
+    for start in range(0, m, rows_per_chunk):
+        stop = min(m, start + rows_per_chunk)
+        sim = t2i_block(start, stop)  # (chunk, N)
+        own_score = sim[torch.arange(stop - start), owner[start:stop]]
+        t2i[start:stop] = (sim >= own_score[:, None]).sum(dim=1, dtype=torch.int32) - 1
+    return i2t.numpy(), t2i.numpy()
 
 
 @torch.no_grad()
@@ -73,48 +122,27 @@ def retrieval_ranks(
     """
     img = _as_tensor(img_emb, "img_emb")
     txt = _as_tensor(txt_emb, "txt_emb")
-    owner = torch.as_tensor(np.asarray(txt_to_img), dtype=torch.long)
     n, m = img.shape[0], txt.shape[0]
     if img.shape[1] != txt.shape[1]:
         raise ValueError(f"img_emb has {img.shape[1]} dimensions and txt_emb {txt.shape[1]}; they must agree")
-    if owner.shape != (m,):
-        raise ValueError(f"txt_to_img has shape {tuple(owner.shape)}; it needs one image index per caption, ({m},)")
-    if m and (owner.min() < 0 or owner.max() >= n):
-        raise ValueError(f"txt_to_img holds image indices outside [0, {n}) for {n} images")
-    counts = torch.bincount(owner, minlength=n)
-    if bool((counts == 0).any()):
-        missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
-        raise ValueError(f"images {missing} have no caption in txt_to_img; every image needs at least one")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+    owner = _check_owner(txt_to_img, n, m)
+    return _count_ranks(lambda a, b: img[a:b] @ txt.T, lambda a, b: txt[a:b] @ img.T, owner, n, m, chunk_size)
 
-    # Image -> text. Captions grouped by image, so a chunk of images owns one contiguous run of them.
-    by_image = torch.argsort(owner, stable=True)
-    first = torch.zeros(n + 1, dtype=torch.long)
-    first[1:] = counts.cumsum(0)
-    rows_per_chunk = chunk_size or max(1, _CHUNK_SCORES // max(m, 1))
-    i2t = torch.empty(n, dtype=torch.int64)
-    for start in range(0, n, rows_per_chunk):
-        stop = min(n, start + rows_per_chunk)
-        sim = img[start:stop] @ txt.T  # (chunk, M)
-        own = by_image[first[start]:first[stop]]  # the captions of these images
-        row = owner[own] - start
-        own_score = sim[row, own]
-        best = torch.full((stop - start,), float("-inf")).scatter_reduce_(0, row, own_score, "amax")
-        # Candidates scoring >= the best own caption, minus the image's own captions among them (ties included).
-        own_at_best = torch.zeros(stop - start, dtype=torch.int32).scatter_add_(
-            0, row, (own_score >= best[row]).to(torch.int32))
-        i2t[start:stop] = (sim >= best[:, None]).sum(dim=1, dtype=torch.int32) - own_at_best
 
-    # Text -> image: the images scoring >= the caption's own image, minus that image itself.
-    rows_per_chunk = chunk_size or max(1, _CHUNK_SCORES // max(n, 1))
-    t2i = torch.empty(m, dtype=torch.int64)
-    for start in range(0, m, rows_per_chunk):
-        stop = min(m, start + rows_per_chunk)
-        sim = txt[start:stop] @ img.T  # (chunk, N)
-        own_score = sim[torch.arange(stop - start), owner[start:stop]]
-        t2i[start:stop] = (sim >= own_score[:, None]).sum(dim=1, dtype=torch.int32) - 1
-    return i2t.numpy(), t2i.numpy()
+@torch.no_grad()
+def ranks_from_scores(sim: Any, txt_to_img: Any, chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`retrieval_ranks` for a model that scores pairs without embeddings, from its ``(N, M)`` score matrix.
+
+    For cross-encoders and the seed's fused network, whose scores are not dot
+    products: ``sim[i, j]`` is the score of image ``i`` with caption ``j``.
+    Same protocol, same tie rule.
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    scores = _as_tensor(sim, "sim")
+    n, m = scores.shape
+    owner = _check_owner(txt_to_img, n, m)
+    return _count_ranks(lambda a, b: scores[a:b], lambda a, b: scores[:, a:b].T, owner, n, m, chunk_size)
 
 
 def _summarise(ranks: np.ndarray, prefix: str) -> dict[str, float]:
@@ -190,6 +218,14 @@ def retrieval_metrics_per_fold(img_emb: Any, txt_emb: Any, txt_to_img: Any, fold
         ranks = retrieval_ranks(img[images], txt[captions], owner[captions] - images[0])
         out.append(_metrics_from_ranks(*ranks))
     return out
+
+
+def metrics_from_scores(sim: Any, txt_to_img: Any) -> dict[str, float]:
+    """:func:`retrieval_metrics` from an ``(N, M)`` score matrix instead of embeddings (see :func:`ranks_from_scores`).
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    return _metrics_from_ranks(*ranks_from_scores(sim, txt_to_img))
 
 
 def chance_metrics(txt_to_img: Any, num_images: int | None = None) -> dict[str, float]:

@@ -13,6 +13,8 @@ from siamese_utils.metrics import (
     chance_metrics,
     fold_indices,
     format_metrics,
+    metrics_from_scores,
+    ranks_from_scores,
     retrieval_metrics,
     retrieval_metrics_per_fold,
     retrieval_ranks,
@@ -489,3 +491,31 @@ def test_chance_metrics_match_random_embeddings():
 def test_chance_metrics_errors():
     with pytest.raises(ValueError, match=r"images \[1\] have no caption"):
         chance_metrics([0, 0, 2])
+
+
+# ---------------------------------------------------------------------------
+# Score matrices (cross-encoders, the seed's fused network)
+# ---------------------------------------------------------------------------
+
+
+def test_scores_give_the_same_ranks_as_embeddings():
+    img, txt, owner = structured(16, MIXED_456)
+    sim = torch.from_numpy(img) @ torch.from_numpy(txt).T
+    for chunk_size in (None, 3):
+        got, expected = ranks_from_scores(sim, owner, chunk_size), retrieval_ranks(img, txt, owner, chunk_size)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    assert metrics_from_scores(sim.numpy(), owner) == retrieval_metrics(img, txt, owner)
+
+
+def test_any_score_matrix_follows_the_reference_loop():
+    """A matrix that is no product of embeddings: the reference loop on (sim, identity) gives its ranks."""
+    owner = np.repeat(np.arange(7), [1, 2, 3, 4, 5, 6, 2])
+    sim = np.random.default_rng(17).standard_normal((7, len(owner))).astype(np.float32)
+    sim[3, :5] = sim[3, 5]  # exact ties as well
+    expected = reference_ranks(sim, np.eye(len(owner), dtype=np.float32), owner)
+    got = ranks_from_scores(sim, owner)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    with pytest.raises(ValueError, match=r"txt_to_img has shape \(3,\); it needs one image index per caption"):
+        ranks_from_scores(sim, [0, 1, 2])
