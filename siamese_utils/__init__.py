@@ -12,7 +12,8 @@ explains it. The modules follow the stages of the series:
 - ``models``: the seed's fused network, image and text towers, the dual
   encoder and the cross-encoder;
 - ``losses``: contrastive losses (cosine embedding, hinge triplet, InfoNCE);
-- ``metrics``: Recall@K and ranks for image-text retrieval;
+- ``metrics``: Recall@K and ranks for image-text retrieval, COCO 1K folds, chance level;
+- ``search``: a split encoded once and searched by caption or by image;
 - ``train``: the training loop, validation, checkpoints and resuming;
 - ``plotting``: figures;
 - ``runtime``: seeds, devices and offline mode.

@@ -115,8 +115,13 @@ def retrieval_ranks(
     scores (by default about 4 million scores, 16 MB) whatever the gallery.
     Each rank is a count of the candidates scoring at least the ground truth,
     read off the same block of scores that holds the ground truth; no sort.
-    5,000 images x 25,000 captions (COCO 5K) take well under a second on two
-    CPU cores (``benchmarks/evaluation.py``).
+    5,000 images x 25,000 captions (COCO 5K) take under a second on two CPU
+    cores (``benchmarks/evaluation.py``).
+
+    Scores are float32, as in every published evaluation: two candidates whose
+    scores differ by less than float32 rounding (about 1e-7) may be ordered
+    differently by another BLAS library or block size. Ranks equal a
+    per-query sort of the same float32 scores.
 
     Explained in ``notebooks/04_evaluation.ipynb``.
     """

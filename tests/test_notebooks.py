@@ -214,3 +214,47 @@ def test_training_loop_taught_in_03_trains_like_the_library(small_tiny, tokenize
     (loss_a, a), (loss_b, b) = weights
     assert loss_a == pytest.approx(loss_b, rel=1e-6)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- 04 evaluation
+
+NB04 = REPO / "notebooks" / "04_evaluation.ipynb"
+
+
+@pytest.mark.parametrize("counts", [[5, 5, 5], [4, 5, 6, 5], [1, 3, 2, 6, 1]], ids=["3x5", "4-5-6", "uneven"])
+def test_protocol_taught_in_04_agrees_with_the_library(counts):
+    """The sorting loop and metrics of chapter 04 equal retrieval_ranks / retrieval_metrics, ties included."""
+    import numpy as np
+
+    from siamese_utils.metrics import METRIC_KEYS, retrieval_metrics, retrieval_ranks
+
+    ranks_by_sorting = _definitions(NB04, "ranks_by_sorting", np=np)
+    metrics_from_ranks = _definitions(NB04, "metrics_from_ranks", np=np)
+    g = torch.Generator().manual_seed(len(counts))
+    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    img = torch.nn.functional.normalize(torch.randn(len(counts), 6, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(img[owner] + torch.randn(len(owner), 6, generator=g), dim=1)
+    txt[1] = txt[-1]  # an exact tie: the same caption vector under two images
+    i2t, t2i = ranks_by_sorting((img @ txt.T).tolist(), owner.tolist())
+    expected_i2t, expected_t2i = retrieval_ranks(img, txt, owner)
+    np.testing.assert_array_equal(i2t, expected_i2t)
+    np.testing.assert_array_equal(t2i, expected_t2i)
+    ours, library = metrics_from_ranks(i2t, t2i), retrieval_metrics(img, txt, owner)
+    for key in METRIC_KEYS:
+        assert ours[key] == pytest.approx(library[key], abs=1e-9), key
+
+
+def test_fused_scores_in_04_are_the_seed_networks_own():
+    """The factorised first fusion layer of chapter 04 gives what the network computes pair by pair."""
+    from siamese_utils.models import SeedSiameseNetwork
+
+    fused_scores = _definitions(NB04, "fused_scores")
+    torch.manual_seed(0)
+    net = SeedSiameseNetwork().eval()
+    images, ids = torch.randn(3, 3, 32, 32), torch.randint(1000, 2000, (4, 7))
+    prototype = torch.nn.functional.normalize(torch.randn(256), dim=0)
+    got = fused_scores(net, images, ids, prototype)
+    with torch.no_grad():
+        pairwise = torch.stack([net(images[i:i + 1].expand(4, -1, -1, -1), ids) @ prototype for i in range(3)])
+    assert got.shape == (3, 4)
+    torch.testing.assert_close(got, pairwise, atol=1e-5, rtol=1e-4)
