@@ -417,6 +417,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         path = path / "model.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; train one with `python -m siamese_utils train`")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (or, long ago, a pickle)
+        raise CheckpointError(
+            f"{path}: not a file written by torch.save (it starts with {head!r}); pass a model.pt written by "
+            "`python -m siamese_utils train` or save_checkpoint, or the run folder holding it."
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for bad files

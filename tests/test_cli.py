@@ -342,7 +342,7 @@ def test_evaluate_refuses_bad_checkpoints_in_one_line(trained_run, small_tiny, t
     other = tmp_path / "weights.pt"
     torch.save({"weight": torch.zeros(2)}, other)
     cases = [(tmp_path / "nothing.pt", "no such checkpoint"), (tmp_path, "no such checkpoint"),
-             (truncated, "cannot read it as a checkpoint"), (text, "cannot read it as a checkpoint"),
+             (truncated, "cannot read it as a checkpoint"), (text, "not a file written by torch.save"),
              (other, "not a siamese_utils checkpoint")]
     for path, message in cases:
         assert main(["evaluate", str(path), "--data", str(small_tiny)]) == 2, path

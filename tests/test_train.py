@@ -200,7 +200,7 @@ def test_loading_what_is_not_our_checkpoint_says_so(tmp_path):
         T.load_checkpoint(bare)
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
-    with pytest.raises(T.CheckpointError, match=r"notes.pt: cannot read it as a checkpoint"):
+    with pytest.raises(T.CheckpointError, match=r"notes.pt: not a file written by torch.save \(it starts with b'not '\)"):
         T.load_checkpoint(text)
     with pytest.raises(T.CheckpointError, match=r"missing.pt: no such checkpoint"):
         T.load_checkpoint(tmp_path / "missing.pt")
@@ -219,6 +219,10 @@ def test_newer_format_and_truncated_files_are_refused(tmp_path):
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(T.CheckpointError, match="truncated.pt: cannot read it"):
         T.load_checkpoint(truncated)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(T.CheckpointError, match="empty.pt: not a file written by torch.save"):
+        T.load_checkpoint(empty)
 
 
 def test_checkpoint_with_code_in_it_is_not_executed(tmp_path):
