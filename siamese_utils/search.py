@@ -10,6 +10,7 @@ Explained in ``notebooks/04_evaluation.ipynb``.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -117,8 +118,8 @@ class Gallery:
 
         Explained in ``notebooks/04_evaluation.ipynb``.
         """
-        if isinstance(image, int) and not isinstance(image, bool):
-            return self.img_emb[self._index(image)].clone()
+        if isinstance(image, numbers.Integral) and not isinstance(image, bool):
+            return self.img_emb[self._index(int(image))].clone()
         if isinstance(image, (str, os.PathLike)):
             image = self._read(Path(image))
         if not isinstance(image, Image.Image):
@@ -166,8 +167,8 @@ class Gallery:
         })
 
     def _own_image(self, image: ImageQuery) -> int | None:
-        if isinstance(image, int) and not isinstance(image, bool):
-            return image
+        if isinstance(image, numbers.Integral) and not isinstance(image, bool):
+            return int(image)
         if isinstance(image, (str, os.PathLike)):
             if self._paths is None:
                 self._paths = {r.path.resolve(): i for i, r in enumerate(self.split.records)}

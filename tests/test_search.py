@@ -92,6 +92,10 @@ def test_search_image_by_index_and_by_path_agree_and_mark_the_true_captions(gall
     assert by_index["caption_index"].tolist() == brute_force(scores)[:15]
     everything = gallery.search_image(str(split[4].path), k=split.num_captions)
     assert everything["match"].sum() == len(split[4].captions)
+    # A NumPy integer (as pandas hands them out) is an index too.
+    import numpy as np
+
+    assert gallery.search_image(np.int64(4), k=15).equals(by_index)
     # A PIL image (or a file outside the split) has no known captions.
     assert not gallery.search_image(load_image(split[4].path), k=5)["match"].any()
 
