@@ -31,7 +31,7 @@ import torch
 __all__ = [
     "METRIC_KEYS", "retrieval_ranks", "ranks_from_scores", "retrieval_metrics", "metrics_from_scores",
     "retrieval_metrics_per_fold", "fold_indices",
-    "chance_metrics", "format_metrics",
+    "chance_metrics", "metrics_table", "format_metrics",
 ]  # fmt: skip
 
 _CHUNK_SCORES = 1 << 22  # scores held at once: 4 Mi float32 = 16 MB
@@ -269,6 +269,27 @@ def chance_metrics(txt_to_img: Any, num_images: int | None = None) -> dict[str, 
     out["t2i_meanr"] = (n + 1) / 2
     out["rsum"] = round(sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)), 9)
     return {key: out[key] for key in METRIC_KEYS}
+
+
+def metrics_table(results: dict[str, dict[str, float]]) -> "pd.DataFrame":
+    """A table of named metric dicts: one row per name, columns grouped by direction, rsum last.
+
+    Columns are a two-level index: ``("image → text", "R@1")`` ... ``("text →
+    image", "meanr")`` and ``("", "rsum")``.
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    import pandas as pd
+
+    labels = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "medr": "medr", "meanr": "meanr"}
+    directions = {"i2t": "image → text", "t2i": "text → image"}
+    columns = [(directions[key[:3]], labels[key[4:]]) if key != "rsum" else ("", "rsum") for key in METRIC_KEYS]
+    for name, metrics in results.items():
+        missing = [key for key in METRIC_KEYS if key not in metrics]
+        if missing:
+            raise ValueError(f"results[{name!r}] lacks {missing}; pass dicts from retrieval_metrics")
+    rows = [[float(metrics[key]) for key in METRIC_KEYS] for metrics in results.values()]
+    return pd.DataFrame(rows, index=list(results), columns=pd.MultiIndex.from_tuples(columns))
 
 
 def format_metrics(metrics: dict[str, float], digits: int = 1) -> str:

@@ -14,6 +14,7 @@ from siamese_utils.metrics import (
     fold_indices,
     format_metrics,
     metrics_from_scores,
+    metrics_table,
     ranks_from_scores,
     retrieval_metrics,
     retrieval_metrics_per_fold,
@@ -519,3 +520,16 @@ def test_any_score_matrix_follows_the_reference_loop():
     np.testing.assert_array_equal(got[1], expected[1])
     with pytest.raises(ValueError, match=r"txt_to_img has shape \(3,\); it needs one image index per caption"):
         ranks_from_scores(sim, [0, 1, 2])
+
+
+def test_metrics_table_rows_and_grouped_columns():
+    img, txt, owner = structured(18, FIVE_EACH)
+    good, chance = retrieval_metrics(img, txt, owner), chance_metrics(owner)
+    table = metrics_table({"model": good, "chance": chance})
+    assert list(table.index) == ["model", "chance"]
+    assert table.shape == (2, 11)
+    assert table[("image → text", "R@1")]["model"] == good["i2t_r1"]
+    assert table[("text → image", "meanr")]["chance"] == chance["t2i_meanr"]
+    assert table[("", "rsum")].tolist() == [good["rsum"], chance["rsum"]]
+    with pytest.raises(ValueError, match=r"results\['bad'\] lacks \['rsum'\]"):
+        metrics_table({"bad": {k: 0.0 for k in METRIC_KEYS if k != "rsum"}})
