@@ -8,12 +8,15 @@ Commands:
 - ``train``: train a dual encoder on a dataset folder, with a checkpoint after every epoch;
 - ``evaluate``: retrieval metrics of a trained model on one split (a table, or JSON);
 - ``search``: the best images for a caption, or the best captions for an image;
-- ``refresh-notebooks``: re-execute notebooks in place, so stored outputs are one in-order run.
+- ``assignments``: write the student notebooks and their autograder, or grade a submission;
+- ``refresh-notebooks``: re-execute notebooks in place, so stored outputs are one in-order run;
+- ``reproduce``: execute every notebook on a copy, evaluate what they train, compare, write a report.
 
 Explained in ``notebooks/01_preprocessing.ipynb`` (data commands) and
 ``notebooks/02_model_construction.ipynb`` (``model``) and
 ``notebooks/03_contrastive_training.ipynb`` (``train``) and
-``notebooks/04_evaluation.ipynb`` (``evaluate``, ``search``).
+``notebooks/04_evaluation.ipynb`` (``evaluate``, ``search``) and ``README.md``
+(``assignments``, ``refresh-notebooks``, ``reproduce``).
 """
 
 from __future__ import annotations
@@ -290,6 +293,25 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assignments(args: argparse.Namespace) -> int:
+    from .assignments import format_report, grade, write_assignments
+
+    if args.grade is not None:
+        if args.notebooks or args.overwrite:
+            given = "the notebooks " + " ".join(map(str, args.notebooks)) if args.notebooks else "--overwrite"
+            raise ValueError(f"--grade takes one submission and no {given}; to generate, use --out DIR instead")
+        report = grade(args.grade, autograder=args.autograder, quick=args.quick, timeout=args.timeout)
+        print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+        return 0 if report.passed else 1
+    for flag, value in (("--autograder", args.autograder), ("--quick", args.quick), ("--json", args.json)):
+        if value:
+            raise ValueError(f"{flag} applies to --grade SUBMISSION.ipynb only, not to --out")
+    written = write_assignments(args.out, args.notebooks or None, overwrite=args.overwrite)
+    notebooks = [p for p in written if p.parent.name == "release"]
+    print(f"wrote {args.out}: {len(notebooks)} student notebooks in release/, their checks in autograder/, README.md")
+    return 0
+
+
 def _refresh(args: argparse.Namespace) -> int:
     from .notebooks import execute_notebook
 
@@ -307,6 +329,15 @@ def _refresh(args: argparse.Namespace) -> int:
             print(f"error: {path} failed; the file was left as it was.\n{e}", file=sys.stderr)
             return 1
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import parse_parameters, reproduce
+
+    return reproduce(args.notebooks or None, args.out, smoke=args.smoke, data=args.data,
+                     parameters=parse_parameters(args.parameters), threads=args.threads, device=args.device,
+                     timeout=args.timeout, expected=None if args.no_compare else args.expected,
+                     update_expected=args.update_expected, keep_going=args.keep_going)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,10 +446,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.set_defaults(func=_search, search_parser=p)
 
+    p = sub.add_parser("assignments", help="write the student notebooks and their autograder, or grade one",
+                       description="With --out DIR: write DIR/release/ (the student versions of the notebooks: "
+                       "solutions replaced by `raise NotImplementedError()`, hidden checks removed, outputs cleared), "
+                       "DIR/autograder/ (every exercise's checks) and DIR/README.md, the same bytes on every run. "
+                       "With --grade SUBMISSION.ipynb: run a student's notebook with its checks restored and score "
+                       "each exercise; exit status 0 when every check passes, 1 when one does not, 2 for bad input.")
+    p.add_argument("notebooks", nargs="*", type=Path,
+                   help="source notebooks for --out (default: every notebooks/NN_*.ipynb with exercises)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--out", type=Path, default=None, metavar="DIR",
+                      help="folder to write release/, autograder/ and README.md to")
+    mode.add_argument("--grade", type=Path, default=None, metavar="SUBMISSION", help="a student's notebook to grade")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace release/, autograder/ and README.md in a folder that is not empty")
+    p.add_argument("--autograder", type=Path, default=None, metavar="DIR",
+                   help="for --grade: the folder written by --out, or a folder of source notebooks "
+                   "(default: notebooks)")
+    p.add_argument("--quick", action="store_true",
+                   help="for --grade: run only the setup cell, the parameters cell and each exercise's cells")
+    p.add_argument("--json", action="store_true", help="for --grade: print the result as JSON")
+    p.add_argument("--timeout", type=positive_int, default=600, metavar="SECONDS",
+                   help="for --grade: seconds allowed per cell (default: %(default)s)")
+    p.set_defaults(func=_assignments)
+
     p = sub.add_parser("refresh-notebooks", help="re-execute notebooks in place (default: notebooks/NN_*.ipynb)")
     p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: all, in order)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: %(default)s)")
     p.set_defaults(func=_refresh)
+
+    p = sub.add_parser("reproduce", help="run every notebook on a copy, evaluate, compare, write REPORT.md",
+                       description="Execute the notebooks in order as copies (the originals are never written), "
+                       "evaluate the run folders they train, compare the metrics with the expected ones and write "
+                       "OUT/REPORT.md: environment, each notebook's time and status, key metrics, figures. Exit "
+                       "status: 0 all as expected, 1 a notebook failed, 2 bad input, 3 metrics differ or are missing.")
+    p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: notebooks/NN_*.ipynb, in order)")
+    p.add_argument("--out", type=Path, default=Path("results"),
+                   help="folder for REPORT.md, results.json, notebooks/, figures/ and runs/ (default: %(default)s)")
+    p.add_argument("--smoke", action="store_true", help="the notebooks' short setting, the one CI tests them in (CI=true in the kernels)")
+    p.add_argument("--data", type=Path, default=Path("data/tiny"),
+                   help="dataset folder, for the notebooks ($SIAMESE_DATA) and the evaluation (default: %(default)s)")
+    p.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
+                   help="inject a parameter (a Python literal) after the parameters cell of every notebook that "
+                   "sets NAME; repeatable")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads ($SIAMESE_THREADS; default: that variable, else 2)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.add_argument("--timeout", type=positive_int, default=1800, help="seconds allowed per cell (default: %(default)s)")
+    p.add_argument("--expected", type=Path, default=Path("results/expected.json"),
+                   help="the expected metrics and their tolerances (default: %(default)s)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-compare", action="store_true", help="do not compare with the expected metrics")
+    g.add_argument("--update-expected", action="store_true",
+                   help="record this run's metrics in --expected for its setting instead of comparing")
+    p.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after one fails")
+    p.set_defaults(func=_reproduce)
     return parser
 
 

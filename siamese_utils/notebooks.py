@@ -1,21 +1,39 @@
-"""Executing the series' notebooks in place, so their stored outputs are one in-order run.
+"""Executing the series' notebooks: in place, so their stored outputs are one in-order run, or as
+copies elsewhere, with parameters injected, as ``reproduce`` does.
 
-Explained in ``README.md`` (section "Working on the notebooks").
+Explained in ``README.md`` (sections "Working on the notebooks" and "Reproducing the results").
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import os
 from pathlib import Path
+from typing import Any, Iterator, Mapping
 
-__all__ = ["execute_notebook", "strip_noise"]
+from nbclient.exceptions import CellExecutionError
+
+__all__ = ["execute_notebook", "strip_noise", "run_notebook", "NotebookFailure", "inject_parameters",
+           "parameter_names", "OFFLINE_ENV"]
 
 # Metadata that changes on every run without changing the lesson.
 _LANGUAGE_INFO_KEEP = ("name", "codemirror_mode", "file_extension", "mimetype", "nbconvert_exporter", "pygments_lexer")
 
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "SIAMESE_OFFLINE": "1"}
+"""Set in every kernel these functions start: the series never downloads."""
+
 
 def strip_noise(nb) -> None:
-    """Drop per-run metadata (execution timestamps, interpreter version); keep every output."""
+    """Drop per-run metadata (execution timestamps, interpreter version, widget state); keep every output.
+
+    The state of ipywidgets (notebook 07's panels, with every thumbnail they
+    show) would add about a megabyte per run; each panel draws a static
+    snapshot of itself into the outputs instead.
+
+    Explained in ``README.md`` (section "Working on the notebooks").
+    """
+    nb.metadata.pop("widgets", None)
     info = nb.metadata.get("language_info")
     if info:
         nb.metadata["language_info"] = {k: v for k, v in info.items() if k in _LANGUAGE_INFO_KEEP}
@@ -24,34 +42,187 @@ def strip_noise(nb) -> None:
         cell.metadata.pop("ExecuteTime", None)
 
 
-def execute_notebook(path: str | os.PathLike, timeout: int = 1800, kernel_name: str = "python3") -> Path:
-    """Run a notebook top to bottom in a fresh kernel (working directory: its folder) and save it.
-
-    The notebook is written only if every cell succeeds; on an error the file on
-    disk is left as it was and the error names the failing cell.
-    """
-    import nbclient
-    import nbformat
-
-    path = Path(path)
-    nb = nbformat.read(path, as_version=4)
-    env_offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "SIAMESE_OFFLINE": "1"}
-    saved = {k: os.environ.get(k) for k in env_offline}
-    os.environ.update(env_offline)  # the kernel inherits this: the series never downloads
+@contextlib.contextmanager
+def _environment(changes: Mapping[str, str | None]) -> Iterator[None]:
+    # The kernel inherits this process's environment: set (or, for None, remove) variables for its start.
+    saved = {k: os.environ.get(k) for k in changes}
     try:
-        client = nbclient.NotebookClient(
-            nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(path.parent)}},
-            record_timing=False,
-        )
-        client.execute()
+        for k, v in changes.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class NotebookFailure(CellExecutionError):
+    """A notebook stopped: which cell (its position and ``In [n]`` number) and the error's first line.
+
+    ``str()`` of it is the cell's traceback, as nbclient's ``CellExecutionError``
+    (which it is); :attr:`summary` is the one line that names notebook, cell and error.
+
+    Explained in ``README.md`` (section "Reproducing the results").
+    """
+
+    def __init__(self, path: str | os.PathLike, cell_index: int | None, execution_count: int | None,
+                 first_line: str, details: str = ""):
+        ename, _, evalue = first_line.partition(": ")
+        super().__init__(details or first_line, ename, evalue)
+        self.path, self.cell_index, self.execution_count = Path(path), cell_index, execution_count
+        self.first_line = first_line
+
+    def __reduce__(self):
+        return type(self), (self.path, self.cell_index, self.execution_count, self.first_line, self.traceback)
+
+    @property
+    def summary(self) -> str:
+        """``notebooks/03_x.ipynb failed at In [5] (cell 12): ValueError: ...``"""
+        return f"{self.path} failed {self.where}: {self.first_line}"
+
+    @property
+    def where(self) -> str:
+        """``at In [5] (cell 12)``: the cell as Jupyter numbers it, and its position (from 1) in the file."""
+        if self.cell_index is None:
+            return "before its first cell"
+        number = f"In [{self.execution_count}] " if self.execution_count else ""
+        return f"at {number}(cell {self.cell_index + 1})"
+
+
+def _execute(nb, path: Path, timeout: int, kernel_name: str, env: Mapping[str, str | None]) -> None:
+    # Run ``nb`` (read from ``path``) in a fresh kernel whose working directory is ``path``'s folder;
+    # raise NotebookFailure naming the cell that stopped it.
+    import nbclient
+
+    current: dict[str, Any] = {"index": None}
+
+    def on_cell_start(cell, cell_index, **_):
+        current["index"] = cell_index
+
+    client = nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(path.parent)}},
+        record_timing=False, on_cell_start=on_cell_start,
+    )
+    with _environment({**OFFLINE_ENV, **env}):
+        try:
+            client.execute()
+        except CellExecutionError as e:
+            index = current["index"]
+            raise NotebookFailure(path, index, nb.cells[index].get("execution_count"), f"{e.ename}: {e.evalue}",
+                                  str(e)) from None
+        except Exception as e:  # a cell past its timeout, a kernel that died or never started
+            index = current["index"]
+            count = nb.cells[index].get("execution_count") if index is not None else None
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise NotebookFailure(path, index, count, f"{type(e).__name__}: {first}", str(e)) from None
+
+
+def execute_notebook(path: str | os.PathLike, timeout: int = 1800, kernel_name: str = "python3") -> Path:
+    """Run a notebook top to bottom in a fresh kernel (working directory: its folder) and save it.
+
+    The notebook is written only if every cell succeeds; on an error the file on
+    disk is left as it was and a :class:`NotebookFailure` names the failing cell.
+
+    Explained in ``README.md`` (section "Working on the notebooks").
+    """
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    _execute(nb, path, timeout, kernel_name, {})
     strip_noise(nb)
     tmp = path.with_name(f".{path.name}.tmp")
     nbformat.write(nb, tmp)
     tmp.replace(path)
     return path
+
+
+def _parameters_cell(nb) -> int | None:
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            return i
+    return None
+
+
+def parameter_names(nb) -> set[str]:
+    """The names the notebook's ``parameters`` cell assigns (empty without such a cell).
+
+    Explained in ``README.md`` (section "Reproducing the results").
+    """
+    index = _parameters_cell(nb)
+    if index is None:
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(nb.cells[index].source)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def inject_parameters(nb, parameters: Mapping[str, Any], name: str = "the notebook") -> None:
+    """Insert a cell assigning ``parameters`` right after the cell tagged ``parameters``.
+
+    The new cell is tagged ``injected-parameters`` (papermill's convention), so
+    its values override the defaults while everything after them, the lesson
+    included, runs unchanged. ``name`` is what the error says when the
+    notebook has no ``parameters`` cell.
+
+    Explained in ``README.md`` (section "Reproducing the results").
+    """
+    import nbformat
+
+    index = _parameters_cell(nb)
+    if index is None:
+        raise ValueError(f"{name} has no cell tagged 'parameters' to inject {', '.join(parameters)} after; "
+                         "tag the cell that holds its knobs, or run it without -p")
+    lines = ["# Parameters injected by `python -m siamese_utils reproduce -p NAME=VALUE`"]
+    lines += [f"{key} = {value!r}" for key, value in parameters.items()]
+    cell = nbformat.v4.new_code_cell("\n".join(lines))
+    cell.metadata["tags"] = ["injected-parameters"]
+    cell.pop("id", None)
+    if nb.nbformat_minor >= 5 or "id" in nb.cells[index]:
+        cell["id"] = f"injected-parameters-{index}"
+    nb.cells.insert(index + 1, cell)
+
+
+def run_notebook(path: str | os.PathLike, output: str | os.PathLike, *, parameters: Mapping[str, Any] | None = None,
+                 env: Mapping[str, str | None] | None = None, timeout: int = 1800,
+                 kernel_name: str = "python3") -> tuple[float, NotebookFailure | None]:
+    """Execute a copy of the notebook at ``path`` and save it to ``output``; ``path`` is never written.
+
+    The kernel's working directory is ``path``'s folder, so the notebook's
+    relative paths hold; ``env`` sets (or, with ``None``, removes) variables in
+    its environment; ``parameters`` are injected (:func:`inject_parameters`).
+    Every stored output is cleared first, so the copy shows only this run, and
+    it is saved whether or not a cell fails. Returns the seconds taken and the
+    :class:`NotebookFailure`, or ``None`` when every cell ran.
+
+    Explained in ``README.md`` (section "Reproducing the results").
+    """
+    import time
+
+    import nbformat
+
+    path, output = Path(path), Path(output)
+    nb = nbformat.read(path, as_version=4)
+    if parameters:
+        inject_parameters(nb, parameters, str(path))
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    start = time.perf_counter()
+    failure = None
+    try:
+        _execute(nb, path, timeout, kernel_name, env or {})
+    except NotebookFailure as e:
+        failure = e
+    seconds = time.perf_counter() - start
+    strip_noise(nb)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, output)
+    return seconds, failure
