@@ -14,9 +14,12 @@ explains it. The modules follow the stages of the series:
 - ``losses``: contrastive losses (cosine embedding, hinge triplet, InfoNCE);
 - ``metrics``: Recall@K and ranks for image-text retrieval, COCO 1K folds, chance level;
 - ``search``: a split encoded once and searched by caption or by image;
+- ``widgets``: interactive search panels (ipywidgets) with static snapshots;
 - ``train``: the training loop, validation, checkpoints and resuming;
 - ``plotting``: figures;
-- ``runtime``: seeds, devices and offline mode.
+- ``runtime``: seeds, devices and offline mode;
+- ``notebooks``, ``reproduce``, ``assignments``: executing the notebooks in
+  place or as a checked reproduction, and course assignments made from them.
 """
 
 from .data import (

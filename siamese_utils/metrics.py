@@ -115,7 +115,7 @@ def retrieval_ranks(
     scores (by default about 4 million scores, 16 MB) whatever the gallery.
     Each rank is a count of the candidates scoring at least the ground truth,
     read off the same block of scores that holds the ground truth; no sort.
-    5,000 images x 25,000 captions (COCO 5K) take under a second on two CPU
+    5,000 images x 25,000 captions (COCO 5K) take about a second on two CPU
     cores (``benchmarks/evaluation.py``).
 
     Scores are float32, as in every published evaluation: two candidates whose

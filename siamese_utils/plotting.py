@@ -27,6 +27,7 @@ __all__ = [
     "plot_rank_histogram",
     "pca_2d",
     "plot_embedding_map",
+    "plot_word_importance",
 ]
 
 # Colourblind-safe choices shared by the evaluation figures: a thick green frame and a tick mark for the right
@@ -651,4 +652,40 @@ def plot_embedding_map(
     ax.legend(handles=handles, fontsize=8, loc="best",
               title="one colour per image" if isinstance(img_colors, list) else None, title_fontsize=8)
     ax.set_title(title)
+    return fig
+
+
+def plot_word_importance(importance, unseen: Sequence[str] = (), title: str | None = None):
+    """One bar per word of a caption: how much its score with an image drops when the word is left out.
+
+    ``importance`` is a :class:`~siamese_utils.widgets.WordImportance` (or
+    anything with ``caption``, ``score`` and a ``words`` table with ``word``
+    and ``change`` columns). Red bars (to the right) support the match, blue
+    ones speak against it; ``unseen`` words (never in a training caption) are
+    hatched. Words read top to bottom in caption order. Returns the figure.
+
+    Explained in ``notebooks/07_interactive_search.ipynb``.
+    """
+    import matplotlib.pyplot as plt
+
+    table = importance.words
+    if len(table) == 0:
+        raise ValueError("the caption has no words to show; explain a caption with at least one word")
+    words = [str(w) for w in table["word"]]
+    change = _as_numpy(table["change"], "change")
+    y = np.arange(len(words))
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(words) + 1.3), layout="constrained")
+    colors = ["tab:red" if c >= 0 else "tab:blue" for c in change]
+    bars = ax.barh(y, change, color=colors, alpha=0.8)
+    for bar, word in zip(bars, words):
+        if word in unseen:
+            bar.set_hatch("///")
+            bar.set_edgecolor("black")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [f"{w}  (unseen)" if w in unseen else w for w in words])
+    ax.invert_yaxis()
+    ax.set_xlabel("score − score without the word   (> 0: the word supports the match)")
+    wrapped = "\n".join(textwrap.wrap(f"“{importance.caption}”", 70))
+    ax.set_title(f"{title or 'Which words the match rests on'}\n{wrapped} · score {importance.score:.3f}",
+                 fontsize=10)
     return fig

@@ -283,3 +283,25 @@ def _close_figures():
 
     yield
     plt.close("all")
+
+
+def test_plot_word_importance_draws_one_signed_bar_per_word_and_hatches_unseen_words():
+    import pandas as pd
+
+    from siamese_utils.plotting import plot_word_importance
+    from siamese_utils.widgets import WordImportance
+
+    words = pd.DataFrame({"word": ["a", "pink", "square"], "start": [0, 2, 7], "end": [1, 6, 13],
+                          "without": [0.5, 0.6, 0.2], "change": [0.0, -0.1, 0.3]})
+    fig = plot_word_importance(WordImportance("a pink square", 3, 0.5, words), unseen=("pink",))
+    ax = fig.axes[0]
+    bars = ax.patches
+    assert [round(b.get_width(), 6) for b in bars] == [0.0, -0.1, 0.3]
+    assert [b.get_hatch() for b in bars] == [None, "///", None]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "pink  (unseen)", "square"]
+    assert "a pink square" in ax.get_title() and "0.500" in ax.get_title()
+    assert bars[1].get_facecolor()[:3] == matplotlib.colors.to_rgb("tab:blue")
+    assert bars[2].get_facecolor()[:3] == matplotlib.colors.to_rgb("tab:red")
+    with pytest.raises(ValueError, match="no words"):
+        plot_word_importance(WordImportance("", None, 0.0, words.iloc[:0]))
+    matplotlib.pyplot.close("all")
