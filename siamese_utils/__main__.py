@@ -229,22 +229,16 @@ def _read_split(data_dir: Path, name: str):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .metrics import retrieval_metrics
+    from .reproduce import evaluate_run
     from .search import _stored_train_config
-    from .text import load_tokenizer
-    from .train import encode_split, load_model
 
-    config = _stored_train_config(args.checkpoint)  # also: a missing or broken checkpoint fails here, at once
+    _stored_train_config(args.checkpoint)  # a missing or broken checkpoint fails here, before the data is read
     split = _read_split(args.data, args.split)
     if len(split) % args.folds:
         raise ValueError(f"--folds {args.folds}: the {args.split} split has {len(split)} images, which do not split "
                          f"into {args.folds} equal folds; choose a number of folds that divides {len(split)}")
-    device = _device(args.device)
-    model = load_model(args.checkpoint, map_location=device)
-    # The settings `train` evaluates its test split with, so that metrics.json is reproduced exactly.
-    img_emb, txt_emb = encode_split(model, split, load_tokenizer(), device, image_size=config.image_size,
-                                    max_length=config.max_length, batch_size=config.eval_batch_size)
-    metrics = retrieval_metrics(img_emb, txt_emb, split.txt_to_img, folds=args.folds)
+    # Encoded with the settings `train` evaluates its test split with, so that metrics.json is reproduced exactly.
+    metrics = evaluate_run(args.checkpoint, split, _device(args.device), folds=args.folds)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
