@@ -4,19 +4,22 @@ Commands:
 
 - ``make-tiny``: write the tiny synthetic dataset (``data/tiny``);
 - ``info``: read a dataset folder, print its splits, optionally decode every image;
+- ``download``: fetch Flickr8k, Flickr30k or COCO with Karpathy's splits, verified, into ``data/NAME``;
 - ``model``: build a dual encoder from its settings and print its parts, weights and sizes;
 - ``train``: train a dual encoder on a dataset folder, with a checkpoint after every epoch;
 - ``evaluate``: retrieval metrics of a trained model on one split (a table, or JSON);
 - ``search``: the best images for a caption, or the best captions for an image;
 - ``assignments``: write the student notebooks and their autograder, or grade a submission;
 - ``refresh-notebooks``: re-execute notebooks in place, so stored outputs are one in-order run;
-- ``reproduce``: execute every notebook on a copy, evaluate what they train, compare, write a report.
+- ``reproduce``: execute every notebook on a copy, evaluate what they train, compare, write a report;
+- ``grid``: chapter 05's comparison of losses and towers, several seeds per variant, results in one CSV.
 
 Explained in ``notebooks/01_preprocessing.ipynb`` (data commands) and
 ``notebooks/02_model_construction.ipynb`` (``model``) and
 ``notebooks/03_contrastive_training.ipynb`` (``train``) and
 ``notebooks/04_evaluation.ipynb`` (``evaluate``, ``search``) and ``README.md``
-(``assignments``, ``refresh-notebooks``, ``reproduce``).
+(``assignments``, ``refresh-notebooks``, ``reproduce``) and
+``notebooks/05_losses_and_encoders.ipynb`` (``grid``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,26 @@ def _info(args: argparse.Namespace) -> int:
     if args.check_images:
         data.check_images(progress=sys.stderr.isatty())
         print(f"all {len(data)} images decode")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .datasets import DATASETS, DownloadError, UnsafeArchiveError, download, registry_table
+
+    if args.list:
+        print(registry_table().to_string())
+        return 0
+    if args.name is None:
+        raise ValueError(f"give a dataset NAME or --list; known: {', '.join(DATASETS)}")
+    try:
+        out = download(args.name, args.root, mirror=args.mirror,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    except (DownloadError, UnsafeArchiveError) as e:  # the download failed: exit 1, unlike bad input (2)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    data = read_dataset(out, check_files=False)
+    print(f"{out}: {len(data)} images, {data.num_captions} captions")
+    print(data.summary().to_string())
     return 0
 
 
@@ -101,7 +124,10 @@ def nonnegative_int(text: str) -> int:
 
 # Settings of `train` that a resumed run must not change; None = not given on the command line.
 _TRAIN_FLAGS = {"loss": "loss", "epochs": "num_epochs", "batch_size": "batch_size", "lr": "lr",
-                "image_size": "image_size", "seed": "seed", "margin": "margin"}
+                "pretrained_lr": "pretrained_lr",
+                "image_size": "image_size", "seed": "seed", "margin": "margin", "images": "images",
+                "channels_last": "channels_last", "compile": "compile", "persistent_workers": "persistent_workers",
+                "prefetch_factor": "prefetch_factor"}
 _MODEL_FLAGS = {"image_encoder": "image_tower", "text_encoder": "text_tower", "embed_dim": "embed_dim",
                 "pretrained": "pretrained", "freeze_image": "freeze_image", "freeze_text": "freeze_text",
                 "word_dim": "word_dim", "text_hidden": "text_hidden"}
@@ -116,6 +142,21 @@ def _writable_folder(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ValueError(f"cannot write to the output folder {out} ({e.strerror or e}); choose another --out") from None
+
+
+def _compile_backend(text: str) -> bool | str:
+    """``--compile BACKEND``: a torch.compile backend's name, or off / on."""
+    lowered = text.strip().lower()
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    if lowered in ("on", "true", "yes", "1", "default"):
+        return True
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch.compile backend; use one of {', '.join(known)}")
+    return text
 
 
 def _train_settings(args: argparse.Namespace, out: Path):
@@ -158,6 +199,7 @@ def _train_settings(args: argparse.Namespace, out: Path):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed import process_group
     from .metrics import format_metrics
     from .runtime import choose_device, seed_everything
     from .text import load_tokenizer
@@ -176,39 +218,50 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"{data.source} has no images in the {' and '.join(empty)} split(s); "
                          "train needs train, val and test splits")
     model_config, train_config = _train_settings(args, out)
-    _writable_folder(out)
     try:
         device = choose_device(args.device)
     except RuntimeError as e:  # an unknown or unavailable device
         raise ValueError(f"--device {args.device}: {str(e).splitlines()[0]}") from None
-    config = {"model": model_config.to_dict(), "train": train_config.to_dict(), "data": str(args.data)}
-    if not args.resume:
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # Under torchrun: one process per GPU (or several CPU processes); rank 0 alone writes and prints.
+    with process_group(device) as ctx:
+        device, main = ctx.device, ctx.is_main
+        if main:
+            _writable_folder(out)
+        config = {"model": model_config.to_dict(), "train": train_config.to_dict(), "data": str(args.data)}
+        if not args.resume and main:
+            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    from .models import build_model
+        from .models import build_model
 
-    seed_everything(train_config.seed)
-    model = build_model(model_config)
-    tokenizer = load_tokenizer()
-    progress = sys.stderr.isatty()
-    print(f"training on {device}: {model_config.image_tower} + {model_config.text_tower}, loss {train_config.loss}, "
-          f"{train_config.num_epochs} epochs -> {out}", flush=True)
-    try:
-        result = fit(model, splits["train"], splits["val"], train_config, tokenizer, device=device, out_dir=out,
-                     resume=args.resume, progress=progress, log=lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
-        print(f"interrupted; {out / 'model.pt'} holds the last finished epoch: continue with --resume",
-              file=sys.stderr)
-        return 130
-    options = {"image_size": train_config.image_size, "max_length": train_config.max_length,
-               "batch_size": train_config.eval_batch_size}
-    metrics = {"val": result.val_metrics, "test": evaluate(result.model, splits["test"], tokenizer, device, **options)}
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
-    print(f"test {format_metrics(metrics['test'])}")
-    print(f"wrote {out / 'model.pt'}, config.json, history.csv, metrics.json")
-    return 0
+        seed_everything(train_config.seed)
+        model = build_model(model_config)
+        tokenizer = load_tokenizer()
+        progress = sys.stderr.isatty()
+        if main:
+            workers = f", {ctx.world_size} processes ({ctx.backend})" if ctx.world_size > 1 else ""
+            print(f"training on {device}{workers}: {model_config.image_tower} + {model_config.text_tower}, loss "
+                  f"{train_config.loss}, {train_config.num_epochs} epochs -> {out}", flush=True)
+        try:
+            result = fit(model, splits["train"], splits["val"], train_config, tokenizer, device=device, out_dir=out,
+                         resume=args.resume, progress=progress, log=lambda line: print(line, flush=True),
+                         cache_dir=args.cache_dir)
+        except KeyboardInterrupt:
+            if main:
+                print(f"interrupted; {out / 'model.pt'} holds the last finished epoch: continue with --resume",
+                      file=sys.stderr)
+            return 130
+        if not main:
+            return 0
+        options = {"image_size": train_config.image_size, "max_length": train_config.max_length,
+                   "batch_size": train_config.eval_batch_size}
+        metrics = {"val": result.val_metrics,
+                   "test": evaluate(result.model, splits["test"], tokenizer, device, **options)}
+        tmp = out / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(tmp, out / "metrics.json")
+        print(f"test {format_metrics(metrics['test'])}")
+        print(f"wrote {out / 'model.pt'}, config.json, history.csv, metrics.json")
+        return 0
 
 
 def _device(name: str | None):
@@ -334,6 +387,40 @@ def _reproduce(args: argparse.Namespace) -> int:
                      update_expected=args.update_expected, keep_going=args.keep_going)
 
 
+def _grid(args: argparse.Namespace) -> int:
+    import torch
+
+    from .grid import commenter_grid, format_summary, run_grid, summarize_grid
+    from .text import load_tokenizer
+    from .train import TrainConfig
+
+    grid = commenter_grid(train=TrainConfig(num_epochs=args.epochs, image_size=args.image_size))
+    if args.list:
+        for v in grid:
+            print(f"{v.name:<32} {v.factor:<12} {v.about}")
+        return 0
+    if args.only:
+        known = {v.name: v for v in grid}
+        unknown = [n for n in args.only if n not in known]
+        if unknown:
+            raise ValueError(f"--only {', '.join(map(repr, unknown))}: no such variant; "
+                             f"see --list for the names ({', '.join(known)})")
+        grid = [known[n] for n in args.only]
+    if args.data is None:
+        raise ValueError("--data DIR is needed to run the grid (or --list to see it)")
+    torch.set_num_threads(args.threads)
+    data = read_dataset(args.data)
+    splits = [data.split(name) for name in ("train", "val", "test")]
+    empty = [name for name, split in zip(("train", "val", "test"), splits) if len(split) == 0]
+    if empty:
+        raise ValueError(f"{data.source} has no images in the {' and '.join(empty)} split(s); the grid needs all three")
+    results = run_grid(grid, *splits, load_tokenizer(), seeds=args.seeds, out=args.out,
+                       device=_device(args.device), train_images=args.train_images)
+    print(format_summary(summarize_grid(results)).to_string())
+    print(f"one row per run in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m siamese_utils",
@@ -356,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-images", action="store_true", help="also decode every image")
     p.set_defaults(func=_info)
 
+    p = sub.add_parser("download", help="fetch a real dataset (Flickr8k, Flickr30k, COCO) into ROOT/NAME, verified",
+                       description="Fetch a dataset with Karpathy's splits into ROOT/NAME: archives in ROOT/downloads "
+                       "(resumed if interrupted, checked against published sizes and checksums), extracted safely. "
+                       "Flickr8k and Flickr30k are handed out after a request form: the command prints the steps. "
+                       "Exit 0 on success, 1 if a download or check fails, 2 for bad input or a set to request.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="tiny, flickr8k, flickr30k or coco (see --list)")
+    p.add_argument("--list", action="store_true", help="list the datasets: images per split, sizes, access")
+    p.add_argument("--root", type=Path, default=Path("data"), help="folder of datasets (default: data)")
+    p.add_argument("--mirror", metavar="URL", help="fetch every file as URL/FILENAME instead of its published address")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_download)
+
     from .models import IMAGE_TOWERS, TEXT_TOWERS, ModelConfig
 
     p = sub.add_parser("model", help="build a dual encoder and print its parts, weights and sizes")
@@ -372,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64, help="pixels of the probe batch (default: %(default)s)")
     p.set_defaults(func=_model)
 
+    from .data import IMAGE_PIPELINES
     from .losses import LOSSES
     from .train import DEFAULT_MODEL, TrainConfig
 
@@ -396,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=None, help=f"(default: {TrainConfig.num_epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"(default: {TrainConfig.batch_size})")
     p.add_argument("--lr", type=positive_float, default=None, help=f"peak learning rate (default: {TrainConfig.lr})")
+    p.add_argument("--pretrained-lr", type=positive_float, default=None,
+                   help="learning rate of a fine-tuned pretrained tower's own weights (default: --lr)")
     p.add_argument("--margin", type=float, default=None, help="margin of the hinge (0.2) or cosine (0.3) loss")
     p.add_argument("--embed-dim", type=positive_int, default=None, help=f"shared space (default: {DEFAULT_MODEL.embed_dim})")
     p.add_argument("--word-dim", type=positive_int, default=None,
@@ -405,6 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=positive_int, default=None, help=f"pixels (default: {TrainConfig.image_size})")
     p.add_argument("--seed", type=int, default=None, help=f"(default: {TrainConfig.seed})")
     p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader worker processes (default: %(default)s)")
+    p.add_argument("--images", choices=list(IMAGE_PIPELINES), default=None,
+                   help="image pipeline: memory (decode once into RAM), disk (decode once into a uint8 cache file), "
+                   f"stream (decode every epoch) (default: {TrainConfig.images})")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="folder of the --images disk cache (default: $SIAMESE_CACHE_DIR or ~/.cache/siamese_utils)")
+    p.add_argument("--persistent-workers", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the loader's workers alive across epochs (default: off)")
+    p.add_argument("--prefetch-factor", type=positive_int, default=None,
+                   help="batches each worker loads ahead (default: torch's, 2)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="images and convolution weights in NHWC memory order (default: off)")
+    p.add_argument("--compile", nargs="?", const=True, default=None, type=_compile_backend, metavar="BACKEND",
+                   help="torch.compile the towers, with the default backend or the one named (e.g. aot_eager); "
+                   "'off' to disable (default: off)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=_train)
@@ -495,6 +611,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record this run's metrics in --expected for its setting instead of comparing")
     p.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after one fails")
     p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("grid", help="the losses x towers comparison: each variant with several seeds, one CSV",
+                       description="Train and test every variant of chapter 05's comparison (one factor varied "
+                                   "around the default) with each seed; one row per run is appended to --out as "
+                                   "it finishes, and runs already there with the same settings are reused.")
+    p.add_argument("--data", type=Path, help="dataset folder (e.g. data/tiny)")
+    p.add_argument("--out", type=Path, default=Path("runs") / "grid.csv", help="results CSV (default: runs/grid.csv)")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="epochs per run, the same for all (default: 2)")
+    p.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels (default: 64)")
+    p.add_argument("--train-images", type=positive_int, default=None,
+                   help="train on the first N training images only (default: all)")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="run these variants only (names from --list)")
+    p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--threads", type=positive_int, default=int(os.environ.get("SIAMESE_THREADS", 2)),
+                   help="torch threads (default: $SIAMESE_THREADS, else 2)")
+    p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    p.set_defaults(func=_grid)
     return parser
 
 

@@ -25,7 +25,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import CaptionedImages, Collator, ImageDataset, make_loader
+from . import distributed
+from .data import (IMAGE_PIPELINES, CaptionedImages, Collator, ImageDataset, StreamedImages, build_image_cache,
+                   make_loader, shutdown_workers)
 from .losses import LOSSES, contrastive_loss
 from .metrics import METRIC_KEYS, format_metrics, retrieval_metrics
 from .models import DualEncoder, ModelConfig, build_model
@@ -40,6 +42,8 @@ __all__ = [
     "PairTensors",
     "encode_image_tensors",
     "prepare_images",
+    "load_split_images",
+    "TrainStep",
     "make_optimizer",
     "make_scheduler",
     "train_one_epoch",
@@ -69,7 +73,9 @@ class TrainConfig:
       and cosine losses' own; ``hardest_warmup_epochs``: epochs of the summed
       hinge loss before ``"hardest"`` switches to the hardest negative;
     - ``num_epochs``, ``batch_size``, ``lr``, ``weight_decay`` (AdamW; not
-      applied to biases, norms and the temperature), ``warmup_epochs`` of
+      applied to biases, norms and the temperature); ``pretrained_lr``: the
+      learning rate of a pretrained tower's own weights when it is fine-tuned
+      (``None``: ``lr`` like every other weight), ``warmup_epochs`` of
       linear warm-up, then ``schedule`` ``"cosine"`` (to zero) or
       ``"constant"``; ``grad_clip``: maximum gradient norm (``None``: off);
     - ``image_size``, ``max_length`` (tokens per caption), ``flip``: the
@@ -78,7 +84,21 @@ class TrainConfig:
       features once (``None``: whenever the image tower is frozen; no flip
       then, since cached features cannot be flipped);
     - ``seed``; ``num_workers`` for the DataLoader; ``amp``: mixed precision
-      (used on CUDA only); ``eval_batch_size``.
+      (used on CUDA only); ``eval_batch_size``;
+    - scaling up (``notebooks/08_scaling_up.ipynb``): ``images``, the image
+      pipeline (see :data:`siamese_utils.data.IMAGE_PIPELINES`): ``"memory"``
+      decodes every image once into RAM, ``"disk"`` once into a uint8 cache
+      file read per batch, ``"stream"`` in the loader every epoch; all three
+      give the same pixels. ``persistent_workers`` keeps the loader's workers
+      alive across epochs (one loader reseeded each epoch: the batches are
+      unchanged, but a resumed run no longer repeats the random flips of an
+      uninterrupted one); ``prefetch_factor``: batches each worker loads
+      ahead (``None``: torch's default). ``channels_last`` feeds images (and
+      convolution weights) in NHWC memory order, which tensor cores prefer;
+      ``compile``: ``torch.compile`` the towers (``True`` for the default
+      backend, or a backend's name such as ``"aot_eager"``). Under
+      ``torchrun``, ``batch_size`` is the global batch, split evenly across
+      the processes, and the loss sees all of it.
 
     Explained in ``notebooks/03_contrastive_training.ipynb``.
     """
@@ -90,6 +110,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    pretrained_lr: float | None = None
     warmup_epochs: float = 1.0
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = 2.0
@@ -101,6 +122,11 @@ class TrainConfig:
     num_workers: int = 0
     amp: bool = True
     eval_batch_size: int = 256
+    images: Literal["memory", "disk", "stream"] = "memory"
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    channels_last: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -111,8 +137,13 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.batch_size < 2:
             raise ValueError(f"batch_size={self.batch_size}: a contrastive loss needs at least 2 pairs per batch")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr={self.lr!r} must be a positive number")
+        for name in ("lr", "pretrained_lr"):
+            value = getattr(self, name)
+            if name == "pretrained_lr" and value is None:
+                continue
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                    and math.isfinite(value)):
+                raise ValueError(f"{name}={value!r} must be a positive number")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.hardest_warmup_epochs < 0:
             raise ValueError("weight_decay, warmup_epochs and hardest_warmup_epochs must be >= 0")
         if self.schedule not in ("cosine", "constant"):
@@ -125,6 +156,19 @@ class TrainConfig:
             raise ValueError(f"flip={self.flip!r}; use 'swap', 'skip' or 'off'")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"num_workers={self.num_workers!r} must be 0 (main process) or more")
+        if self.images not in IMAGE_PIPELINES:
+            raise ValueError(f"images={self.images!r}; use one of: "
+                             + "; ".join(f"{k!r} ({v})" for k, v in IMAGE_PIPELINES.items()))
+        if self.prefetch_factor is not None and (not isinstance(self.prefetch_factor, int)
+                                                 or isinstance(self.prefetch_factor, bool) or self.prefetch_factor < 1):
+            raise ValueError(f"prefetch_factor={self.prefetch_factor!r} must be a positive number of batches per "
+                             "worker, or None for torch's default")
+        for name in ("persistent_workers", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+        if not isinstance(self.compile, (bool, str)) or self.compile == "":
+            raise ValueError(f"compile={self.compile!r}: use False, True (torch.compile's default backend) or a "
+                             "backend's name such as 'inductor' or 'aot_eager'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,6 +254,27 @@ def encode_image_tensors(fn: Callable[[torch.Tensor], torch.Tensor], images: tor
     return torch.cat(out) if out else torch.empty(0)
 
 
+def load_split_images(split: CaptionedImages, config: TrainConfig, cache_dir: str | os.PathLike | None = None,
+                      progress: bool = False):
+    """The images of ``split`` as ``config.images`` asks: an ``(N, 3, S, S)`` tensor or a lazy equivalent.
+
+    ``"memory"``: :func:`prepare_images`; ``"disk"``: a
+    :class:`~siamese_utils.data.DiskImages` over the cache that
+    :func:`~siamese_utils.data.build_image_cache` keeps in ``cache_dir``
+    (built with ``config.num_workers`` processes); ``"stream"``: a
+    :class:`~siamese_utils.data.StreamedImages`. Indexing any of them gives
+    the same normalised pixels.
+
+    Explained in ``notebooks/08_scaling_up.ipynb``.
+    """
+    if config.images == "disk":
+        return build_image_cache(split, config.image_size, cache_dir, num_workers=config.num_workers,
+                                 progress=progress)
+    if config.images == "stream":
+        return StreamedImages(split, config.image_size)
+    return prepare_images(split, config.image_size, progress)
+
+
 def _cache_features(model: DualEncoder, config: TrainConfig) -> bool:
     frozen = model.is_frozen("image")
     if config.cache_features is None:
@@ -225,13 +290,28 @@ def _cache_features(model: DualEncoder, config: TrainConfig) -> bool:
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; no weight decay on biases, norms and the temperature (as CLIP).
 
+    With ``config.pretrained_lr``, the weights of pretrained towers (those whose
+    ``weights`` attribute names where they came from) learn at that rate and
+    everything else at ``config.lr``.
+
     Explained in ``notebooks/03_contrastive_training.ipynb``.
     """
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    slow: set[int] = set()
+    if config.pretrained_lr is not None:
+        for name in ("image_tower", "text_tower"):
+            tower = getattr(model, name, None)
+            if getattr(tower, "weights", "random initialisation") not in ("", "random initialisation"):
+                slow.update(id(p) for p in tower.parameters())
+    groups = []
+    for pretrained, lr in ((False, config.lr), (True, config.pretrained_lr)):
+        decay, no_decay = [], []
+        for _, p in model.named_parameters():
+            if p.requires_grad and (id(p) in slow) == pretrained:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        if pretrained and not (decay or no_decay):
+            continue
+        groups += [{"params": decay, "weight_decay": config.weight_decay, "lr": lr},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
@@ -260,19 +340,91 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+def _compile(fn: Callable, backend: bool | str) -> Callable:
+    if not hasattr(torch, "compile"):
+        raise RuntimeError(f"compile={backend!r} needs torch.compile (PyTorch 2.0 or newer; this is "
+                           f"{torch.__version__}); train without compiling")
+    name = "inductor" if backend is True else str(backend)
+    from torch import _dynamo
+
+    known = _dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise ValueError(f"compile={backend!r}: torch.compile has no backend {name!r}; use one of {sorted(known)}")
+    return torch.compile(fn, backend=name)
+
+
+class TrainStep(torch.nn.Module):
+    """One training step's forward pass, as a module: embeddings of a batch and the loss on the (global) batch.
+
+    Wrapping the model in this module lets ``DistributedDataParallel`` see
+    every parameter the loss depends on (the towers *and* the temperature).
+    Under a process group the loss is computed on the batch gathered from
+    all processes (:func:`siamese_utils.distributed.gathered_contrastive_loss`);
+    otherwise it is the plain loss of the local batch. With
+    ``config.channels_last`` images are passed in NHWC memory order; with
+    ``config.compile`` the towers' encoders are compiled.
+
+    Explained in ``notebooks/08_scaling_up.ipynb``.
+    """
+
+    def __init__(self, model: DualEncoder, config: TrainConfig):
+        super().__init__()
+        self.model, self.config = model, config
+        encoders = (model.encode_images, model.embed_image_features, model.encode_texts)
+        if config.compile:
+            encoders = tuple(_compile(fn, config.compile) for fn in encoders)
+        self._encoders = encoders
+        self._first_call = True
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                image_index: torch.Tensor, features: bool = False, hardest: bool = True,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        encode_images, embed_image_features, encode_texts = self._encoders
+        device = images.device
+        if self.config.channels_last and not features:
+            images = images.contiguous(memory_format=torch.channels_last)
+        try:
+            with _autocast(device, self.config.amp):
+                img_emb = embed_image_features(images) if features else encode_images(images)
+                txt_emb = encode_texts(input_ids, attention_mask)
+        except Exception as e:
+            if self.config.compile and self._first_call and _is_compile_error(e):
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise RuntimeError(f"torch.compile (compile={self.config.compile!r}) failed on the first batch "
+                                   f"({first}); train without compiling (--compile off, compile=False)") from e
+            raise
+        self._first_call = False
+        # Under a process group, the global batch (see siamese_utils.distributed.gathered_contrastive_loss).
+        img_emb, txt_emb, image_index = distributed.gather_pairs(img_emb.float(), txt_emb.float(), image_index)
+        return contrastive_loss(self.config.loss, img_emb, txt_emb, image_index, logit_scale=self.model.logit_scale,
+                                margin=self.config.margin, hardest=hardest, generator=generator)
+
+
+def _is_compile_error(e: Exception) -> bool:
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+    except ImportError:  # pragma: no cover - torch without dynamo cannot compile at all
+        return False
+    return isinstance(e, TorchDynamoException)
+
+
 def train_one_epoch(model: DualEncoder, loader, optimizer, scheduler, config: TrainConfig, epoch: int,
                     device: torch.device, scaler: torch.amp.GradScaler | None = None,
-                    features: bool = False, progress: bool = True, step_losses: list[float] | None = None) -> float:
+                    features: bool = False, progress: bool = True, step_losses: list[float] | None = None,
+                    step: torch.nn.Module | None = None) -> float:
     """One pass over ``loader``; returns the mean training loss per pair.
 
     ``features=True`` when the batches carry cached image-tower features
     instead of pixels. ``epoch`` (0-based) decides whether ``"hardest"`` still
     uses the summed warm-up loss. ``step_losses``, if given, receives the loss
-    of every step.
+    of every step. ``step`` is the forward pass to run, a :class:`TrainStep`
+    of ``model`` (perhaps wrapped in ``DistributedDataParallel``; default: a
+    new plain one).
 
     Explained in ``notebooks/03_contrastive_training.ipynb``.
     """
     model.train()
+    step = step if step is not None else TrainStep(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
     hardest = epoch >= config.hardest_warmup_epochs
     negatives = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)  # for the cosine loss
@@ -283,12 +435,8 @@ def train_one_epoch(model: DualEncoder, loader, optimizer, scheduler, config: Tr
                    disable=not progress, leave=False)
     for batch in batches:
         batch = batch.to(device, non_blocking=True)
-        with _autocast(device, config.amp):
-            img_emb = model.embed_image_features(batch.images) if features else model.encode_images(batch.images)
-            txt_emb = model.encode_texts(batch.input_ids, batch.attention_mask)
-        loss = contrastive_loss(config.loss, img_emb.float(), txt_emb.float(), batch.image_index,
-                                logit_scale=model.logit_scale, margin=config.margin, hardest=hardest,
-                                generator=negatives)
+        loss = step(batch.images, batch.input_ids, batch.attention_mask, batch.image_index, features=features,
+                    hardest=hardest, generator=negatives)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -490,7 +638,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedImages, config: TrainConfig,
         tokenizer, *, device: torch.device | None = None, out_dir: str | os.PathLike | None = None,
         resume: bool = False, progress: bool = True, log: Callable[[str], None] | None = print,
-        stop_after: int | None = None) -> TrainResult:
+        stop_after: int | None = None, cache_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train ``model`` for ``config.num_epochs`` epochs, validating and checkpointing after each.
 
     Every epoch starts from RNG states derived from ``(config.seed, epoch)``
@@ -499,33 +647,59 @@ def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedIm
     With ``out_dir``, ``model.pt`` (the checkpoint) and ``history.csv`` are
     rewritten after every epoch. ``stop_after`` ends the run early after that
     many epochs in total (as if interrupted). ``log`` receives one line per
-    epoch (``None``: silent).
+    epoch (``None``: silent). ``cache_dir``: where ``images="disk"`` keeps its
+    cache (default: :func:`siamese_utils.data.default_cache_dir`).
 
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    Under a process group (``torchrun``, see :mod:`siamese_utils.distributed`)
+    the model is wrapped in ``DistributedDataParallel``, a
+    ``DistributedSampler`` reshuffled every epoch gives each process a
+    disjoint ``1/N`` of the pairs (``batch_size / N`` per step), the loss is
+    computed on the gathered global batch, and only rank 0 validates, logs and
+    writes files; the other processes return an empty history.
+
+    Explained in ``notebooks/03_contrastive_training.ipynb`` and ``notebooks/08_scaling_up.ipynb``.
     """
     device = device or next(model.parameters()).device
     if out_dir is not None and model.config is None:
         raise ValueError("checkpoints need the model's ModelConfig: build the model with build_model(config)")
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    if config.batch_size % world:
+        raise ValueError(f"batch_size={config.batch_size} is the global batch and must divide evenly among the "
+                         f"{world} processes; choose a multiple of {world}")
+    local_batch = config.batch_size // world
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     out = Path(out_dir) if out_dir is not None else None
     checkpoint = out / "model.pt" if out is not None else None
-    if out is not None:
+    if out is not None and main:
         out.mkdir(parents=True, exist_ok=True)
     use_features = _cache_features(model, config)
 
-    # Images decoded and resized once; with a frozen image tower, its features computed once.
-    train_images = prepare_images(train_split, config.image_size, progress)
-    val_images = prepare_images(val_split, config.image_size, progress)
+    # Images decoded and resized once (or cached on disk, or decoded as they are used); with a frozen
+    # image tower, its features computed once. Rank 0 builds a disk cache while the others wait, then reuse it.
+    if not main:
+        distributed.barrier()
+    train_images = load_split_images(train_split, config, cache_dir, progress and main)
+    val_images = load_split_images(val_split, config, cache_dir, progress) if main else None
+    if main:
+        distributed.barrier()
     train_features = val_features = None
     if use_features:
         model.image_tower.eval()
         train_features = encode_image_tensors(model.image_tower, train_images, device, config.eval_batch_size)
-        val_features = encode_image_tensors(model.image_tower, val_images, device, config.eval_batch_size)
+        if main:
+            val_features = encode_image_tensors(model.image_tower, val_images, device, config.eval_batch_size)
     flip = None if use_features else CaptionAwareHorizontalFlip(0.5, config.flip)
     dataset = PairTensors(train_features if use_features else train_images, train_split.captions,
                           train_split.txt_to_img, flip)
     collate = Collator(tokenizer, config.max_length)
-    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    sampler = None
+    if world > 1:  # drop_last: an equal, disjoint share for every process (at most world-1 pairs left out)
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=config.seed, drop_last=True)
+    steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(dataset)) / local_batch)
 
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
@@ -545,29 +719,57 @@ def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedIm
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
-        start, history = state["epoch"], list(state["history"])
+        start, history = state["epoch"], list(state["history"]) if main else []
 
+    step: torch.nn.Module = TrainStep(model, config)
+    if world > 1:
+        # The temperature is unused by the hinge and cosine losses: DDP must then look for unused parameters.
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.loss != "infonce")
+
+    def loader_for(epoch: int, persistent: bool):
+        return make_loader(dataset, local_batch, shuffle=True, seed=_epoch_seed(config.seed, epoch) + rank,
+                           collate_fn=collate, num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                           persistent_workers=persistent, prefetch_factor=config.prefetch_factor, sampler=sampler)
+
+    persistent = config.persistent_workers and config.num_workers > 0
+    loader = loader_for(start, True) if persistent else None
     last = config.num_epochs if stop_after is None else min(config.num_epochs, stop_after)
-    for epoch in range(start, last):
-        tick = time.perf_counter()
-        seed_everything(_epoch_seed(config.seed, epoch))
-        loader = make_loader(dataset, config.batch_size, shuffle=True, seed=_epoch_seed(config.seed, epoch),
-                             collate_fn=collate, num_workers=config.num_workers, pin_memory=device.type == "cuda")
-        loss = train_one_epoch(model, loader, optimizer, scheduler, config, epoch, device, scaler,
-                               features=use_features, progress=progress)
-        metrics = evaluate(model, val_split, tokenizer, device, max_length=config.max_length,
-                           batch_size=config.eval_batch_size,
-                           images=None if use_features else val_images, image_features=val_features)
-        row = {"epoch": epoch + 1, "loss": loss, "temperature": model.temperature,
-               "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()},
-               "seconds": time.perf_counter() - tick}
-        history.append(row)
-        if log is not None:
-            log(f"epoch {epoch + 1:>2}/{config.num_epochs}  loss {loss:.4f}  temperature {model.temperature:.4f}  "
-                f"val {format_metrics(metrics)}")
-        if out is not None:
-            save_checkpoint(checkpoint, model, config, optimizer, scheduler, scaler, epoch + 1, history)
-            _atomic_write(out / "history.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+    try:
+        for epoch in range(start, last):
+            tick = time.perf_counter()
+            seed_everything(_epoch_seed(config.seed, epoch) + rank)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            if persistent:  # one loader, its shuffling generator reseeded as a new one would be
+                loader.generator.manual_seed(_epoch_seed(config.seed, epoch) + rank)
+                if epoch > start:  # a new loader's iterator first draws its workers' base seed: draw it too
+                    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+            else:
+                loader = loader_for(epoch, False)
+            loss = train_one_epoch(model, loader, optimizer, scheduler, config, epoch, device, scaler,
+                                   features=use_features, progress=progress and main, step=step)
+            if main:
+                metrics = evaluate(model, val_split, tokenizer, device, max_length=config.max_length,
+                                   batch_size=config.eval_batch_size,
+                                   images=None if use_features else val_images, image_features=val_features)
+                row = {"epoch": epoch + 1, "loss": loss, "temperature": model.temperature,
+                       "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()},
+                       "seconds": time.perf_counter() - tick}
+                history.append(row)
+                if log is not None:
+                    log(f"epoch {epoch + 1:>2}/{config.num_epochs}  loss {loss:.4f}  temperature "
+                        f"{model.temperature:.4f}  val {format_metrics(metrics)}")
+                if out is not None:
+                    save_checkpoint(checkpoint, model, config, optimizer, scheduler, scaler, epoch + 1, history)
+                    _atomic_write(out / "history.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+            distributed.barrier()  # the others wait for rank 0's validation and checkpoint
+    finally:
+        if persistent:  # shut its workers down now, not whenever the garbage collector finds the loader
+            shutdown_workers(getattr(loader, "_iterator", None))
+        if config.channels_last:
+            model.to(memory_format=torch.contiguous_format)
 
     val_metrics = {k: history[-1][f"val_{k}"] for k in METRIC_KEYS} if history else {}
     model.eval()

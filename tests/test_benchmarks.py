@@ -1,0 +1,98 @@
+"""The GPU step benchmark runs at its tiny sizes on a CPU and the FAISS benchmark at a tiny size; both report
+every variant with a positive throughput, and bad flags are refused with a message naming the value."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from siamese_utils.index import faiss_available
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+
+
+def start(script, *args, out):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "SIAMESE_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}  # the tiny sizes, on the CPU, offline
+    return subprocess.Popen([sys.executable, str(BENCHMARKS / script), *args, "--json", str(out)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Both benchmarks, started together (each spends most of its time importing torch)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    procs = {
+        # MobileNet: ResNet-18's bf16 convolutions take seconds per step on a CPU without native bf16
+        "gpu_step": start("gpu_step.py", "--tiny", "--image-tower", "mobilenet_v3_small", "--threads", "1",
+                          "--workers", "1", out=tmp / "gpu.json"),
+        "faiss_search": start("faiss_search.py", "--size", "3000", "--dim", "32", "--queries", "50", "--nlist", "16",
+                              "--nprobe", "1", "16", "--repeats", "1", "--threads", "1", out=tmp / "faiss.json"),
+    }
+    results = {}
+    for name, proc in procs.items():
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name} failed:\n{output}"
+        results[name] = (output, json.loads((tmp / ("gpu.json" if name == "gpu_step" else "faiss.json")).read_text()))
+    return results
+
+
+def test_gpu_step_tiny_reports_every_variant(runs):
+    output, result = runs["gpu_step"]
+    assert result["mode"] == "tiny" and result["batch_size"] == 8 and result["image_size"] == 64
+    assert result["image_tower"] == "mobilenet_v3_small"
+    names = [row["variant"] for row in result["rows"]]
+    assert names[:3] == ["fp32, eager", "bf16 autocast", "bf16 + channels-last"]  # no compile without --compile
+    assert names[3].endswith("batches on the device") and len(names) == 7
+    for name, images in zip(names[4:], ("memory", "disk", "stream")):  # fit's three image pipelines, fed by workers
+        assert name.endswith(f'images="{images}" (1 workers)')
+    assert [row["setup_s"] is None for row in result["rows"][3:]] == [True, False, False, False]
+    for row in result["rows"]:
+        assert row["pairs_per_s"] > 0 and row["step_ms"] > 0
+        assert row["mfu"] is None  # no peak for a CPU
+        assert f"| {row['variant']} | " in output  # a row of the markdown table
+    assert result["flops_per_step"] > 0 and result["rows"][0]["optimizer"] == "fused"
+    assert "| variant | pairs/s | ms/step | MFU |" in output and "n/a |" in output
+
+
+def test_faiss_search_tiny_measures_recall_against_exact(runs):
+    output, result = runs["faiss_search"]
+    rows = {row["method"]: row for row in result["rows"]}
+    exact = ["exact, torch blocked top-k"] + (["exact, FAISS IndexFlatIP"] if faiss_available() else [])
+    for method in exact:
+        assert rows[method]["recall@10"] == 1.0 and rows[method]["index_bytes"] == 3000 * 32 * 4
+    if faiss_available():
+        assert rows["IVF16, nprobe=16"]["recall@10"] == 1.0  # every list scanned
+        assert 0 < rows["IVF16, nprobe=1"]["recall@10"] < 1.0
+    for row in rows.values():
+        assert row["queries_per_s"] > 0 and row["build_s"] >= 0
+        assert f"| {row['method']} | " in output
+
+
+def load(script, monkeypatch):
+    name = f"benchmark_{script.removesuffix('.py')}"
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("faiss_search.py", ["--nprobe", "0"], "every --nprobe between 1 and --nlist"),
+    ("faiss_search.py", ["--size", "5", "--k", "10"], "--k 10 is more than the gallery's --size 5"),
+    ("faiss_search.py", ["--queries", "0"], "--queries must be at least 1, got 0"),
+    ("gpu_step.py", ["--data", "no/such/folder"], "--data no/such/folder: no dataset there"),
+    ("gpu_step.py", ["--workers", "-1"], "--workers must be >= 0"),
+    ("gpu_step.py", ["--image-tower", "resnet5"], "--image-tower resnet5: not a torchvision classification model"),
+])
+def test_bad_flags_are_refused(script, args, message, monkeypatch, capsys):
+    module = load(script, monkeypatch)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
