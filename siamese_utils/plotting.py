@@ -1,7 +1,8 @@
 """Figures used across the series: small helpers, each with a title, labelled axes and a size.
 
 Explained in ``notebooks/01_preprocessing.ipynb``, ``notebooks/02_model_construction.ipynb``,
-``notebooks/03_contrastive_training.ipynb`` and ``notebooks/04_evaluation.ipynb``.
+``notebooks/03_contrastive_training.ipynb``, ``notebooks/04_evaluation.ipynb`` and
+``notebooks/05_losses_and_encoders.ipynb``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "pca_2d",
     "plot_embedding_map",
     "plot_word_importance",
+    "plot_grid",
 ]
 
 # Colourblind-safe choices shared by the evaluation figures: a thick green frame and a tick mark for the right
@@ -688,4 +690,45 @@ def plot_word_importance(importance, unseen: Sequence[str] = (), title: str | No
     wrapped = "\n".join(textwrap.wrap(f"“{importance.caption}”", 70))
     ax.set_title(f"{title or 'Which words the match rests on'}\n{wrapped} · score {importance.score:.3f}",
                  fontsize=10)
+    return fig
+
+
+_FACTOR_COLOURS = {"default": "#4d4d4d", "loss": "#4c72b0", "text tower": "#dd8452", "image tower": "#55a868"}
+
+
+def plot_grid(results, title: str = "One factor at a time, several seeds"):
+    """A comparison grid at a glance: test rsum and training time per variant, every seed shown.
+
+    ``results`` is the frame of :func:`siamese_utils.grid.run_grid` (one row per
+    run). Left: each run's rsum as a dot, the mean as a bar, the default's mean
+    as a dashed line, so a difference can be judged against the spread of the
+    seeds. Right: training time of the fastest seed (log scale). Colours mark the factor varied.
+
+    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    """
+    import matplotlib.pyplot as plt
+
+    order = list(dict.fromkeys(results["variant"]))
+    if not order:
+        raise ValueError("no results to plot: run the grid first")
+    groups = {name: results[results["variant"] == name] for name in order}
+    y = np.arange(len(order))[::-1]
+    fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(11, 0.42 * len(order) + 1.6), layout="constrained",
+                                      sharey=True, gridspec_kw={"width_ratios": [3, 1.2]})
+    for yi, name in zip(y, order):
+        g = groups[name]
+        colour = _FACTOR_COLOURS.get(g["factor"].iloc[0], "#8172b3")
+        ax.barh(yi, g["rsum"].mean(), color=colour, alpha=0.35, height=0.7)
+        ax.plot(g["rsum"], np.full(len(g), yi), "o", color=colour, markersize=4)
+        ax_time.barh(yi, g["seconds"].min(), color=colour, alpha=0.6, height=0.7)
+    if "default" in groups:
+        ax.axvline(groups["default"]["rsum"].mean(), color="#4d4d4d", linestyle="--", linewidth=1,
+                   label="default (mean)")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(y, order)
+    ax.set(xlabel="test rsum (sum of six recalls, max 600)", xlim=(0, max(float(results["rsum"].max()) * 1.08, 1.0)),
+           title="retrieval quality: dots are seeds, bars their mean")
+    ax_time.set_xscale("log")
+    ax_time.set(xlabel="training time, fastest run (s, log scale)", title="cost")
+    fig.suptitle(title)
     return fig
