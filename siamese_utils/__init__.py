@@ -5,7 +5,9 @@ Each public function and class names, in its docstring, the notebook that
 explains it. The modules follow the stages of the series:
 
 - ``data``: datasets on disk (Karpathy's ``dataset.json``, CSV), robust image
-  loading, PyTorch datasets, batches and loaders;
+  loading, PyTorch datasets, batches and loaders, image pipelines for large sets;
+- ``datasets``: the registry of real datasets (Flickr8k, Flickr30k, COCO), verified
+  resumable downloads, safe extraction, ``load_dataset``;
 - ``tiny``: the tiny synthetic dataset shipped in ``data/tiny``;
 - ``transforms``: image preprocessing and caption-aware augmentation;
 - ``text``: the offline BERT WordPiece tokenizer and caption helpers;
@@ -14,8 +16,15 @@ explains it. The modules follow the stages of the series:
 - ``losses``: contrastive losses (cosine embedding, hinge triplet, InfoNCE);
 - ``metrics``: Recall@K and ranks for image-text retrieval, COCO 1K folds, chance level;
 - ``search``: a split encoded once and searched by caption or by image;
+- ``index``: exact and approximate (FAISS) nearest-neighbour search over
+  galleries too big for one score matrix;
+- ``rerank``: two-stage retrieval, a cross-encoder reranking a dual encoder's
+  top-k, trained on hard negatives mined from it;
 - ``widgets``: interactive search panels (ipywidgets) with static snapshots;
 - ``train``: the training loop, validation, checkpoints and resuming;
+- ``distributed``: training on several processes with torchrun, contrastive
+  losses on the gathered global batch;
+- ``grid``: controlled comparisons, one factor at a time, several seeds, one CSV;
 - ``plotting``: figures;
 - ``runtime``: seeds, devices and offline mode;
 - ``notebooks``, ``reproduce``, ``assignments``: executing the notebooks in

@@ -72,8 +72,8 @@ def test_nothing_excludes_what_colab_ships():
     assert "siamese-image-text[pretrained]" in project["optional-dependencies"]["dev"]
 
 
-MODULES = ["data", "transforms", "text", "tiny", "models", "losses", "metrics", "search", "train", "plotting", "widgets",
-           "runtime", "notebooks", "reproduce", "assignments"]
+MODULES = ["data", "datasets", "transforms", "text", "tiny", "models", "losses", "metrics", "search", "index", "rerank",
+           "train", "distributed", "grid", "plotting", "widgets", "runtime", "notebooks", "reproduce", "assignments"]
 
 
 @pytest.mark.parametrize("module", MODULES)
