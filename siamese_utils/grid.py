@@ -225,7 +225,8 @@ def run_grid(variants: Sequence[Variant], train_split: CaptionedImages, val_spli
             row.update(data=data_key, train_images=train_images)
             rows.append(row)
             if path is not None:
-                table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+                new = pd.DataFrame([row], columns=list(COLUMNS))
+                table = new if table.empty else pd.concat([table, new], ignore_index=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_write(path, lambda tmp: table[list(COLUMNS)].to_csv(tmp, index=False))
             if log is not None:
