@@ -368,6 +368,9 @@ def _refresh(args: argparse.Namespace) -> int:
         return 2
     from nbclient.exceptions import CellExecutionError
 
+    from .notebooks import SMOKE_VARIABLE
+
+    print(f"full setting ({SMOKE_VARIABLE} unset in the kernels), as the committed notebooks show", flush=True)
     for path in paths:
         print(f"executing {path} ...", flush=True)
         try:
@@ -580,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for --grade: seconds allowed per cell (default: %(default)s)")
     p.set_defaults(func=_assignments)
 
-    p = sub.add_parser("refresh-notebooks", help="re-execute notebooks in place (default: notebooks/NN_*.ipynb)")
+    p = sub.add_parser("refresh-notebooks", help="re-execute notebooks in place, in their full setting "
+                       "(default: notebooks/NN_*.ipynb)")
     p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: all, in order)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: %(default)s)")
     p.set_defaults(func=_refresh)
@@ -593,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: notebooks/NN_*.ipynb, in order)")
     p.add_argument("--out", type=Path, default=Path("results"),
                    help="folder for REPORT.md, results.json, notebooks/, figures/ and runs/ (default: %(default)s)")
-    p.add_argument("--smoke", action="store_true", help="the notebooks' short setting, the one CI tests them in (CI=true in the kernels)")
+    p.add_argument("--smoke", action="store_true", help="the notebooks' short setting, the one python -m pytest runs (SIAMESE_SMOKE=1 in the kernels)")
     p.add_argument("--data", type=Path, default=Path("data/tiny"),
                    help="dataset folder, for the notebooks ($SIAMESE_DATA) and the evaluation (default: %(default)s)")
     p.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",

@@ -15,13 +15,21 @@ from typing import Any, Iterator, Mapping
 from nbclient.exceptions import CellExecutionError
 
 __all__ = ["execute_notebook", "strip_noise", "run_notebook", "NotebookFailure", "inject_parameters",
-           "parameter_names", "OFFLINE_ENV"]
+           "parameter_names", "OFFLINE_ENV", "SMOKE_VARIABLE"]
 
 # Metadata that changes on every run without changing the lesson.
 _LANGUAGE_INFO_KEEP = ("name", "codemirror_mode", "file_extension", "mimetype", "nbconvert_exporter", "pygments_lexer")
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "SIAMESE_OFFLINE": "1"}
 """Set in every kernel these functions start: the series never downloads."""
+
+SMOKE_VARIABLE = "SIAMESE_SMOKE"
+"""``SIAMESE_SMOKE=1`` selects every notebook's short setting (``SMOKE`` in its ``parameters`` cell).
+
+The test run sets it (``conftest.py``), so ``python -m pytest`` never waits for a
+full run whatever the shell exports; ``reproduce --smoke`` sets it in its kernels;
+``refresh-notebooks`` removes it, since the committed notebooks show the full setting.
+"""
 
 
 def strip_noise(nb) -> None:
@@ -125,6 +133,9 @@ def _execute(nb, path: Path, timeout: int, kernel_name: str, env: Mapping[str, s
 def execute_notebook(path: str | os.PathLike, timeout: int = 1800, kernel_name: str = "python3") -> Path:
     """Run a notebook top to bottom in a fresh kernel (working directory: its folder) and save it.
 
+    The kernel runs the full setting (:data:`SMOKE_VARIABLE` removed from its
+    environment), the one the committed notebooks show.
+
     The notebook is written only if every cell succeeds; on an error the file on
     disk is left as it was and a :class:`NotebookFailure` names the failing cell.
 
@@ -134,7 +145,7 @@ def execute_notebook(path: str | os.PathLike, timeout: int = 1800, kernel_name: 
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    _execute(nb, path, timeout, kernel_name, {})
+    _execute(nb, path, timeout, kernel_name, {SMOKE_VARIABLE: None})
     strip_noise(nb)
     tmp = path.with_name(f".{path.name}.tmp")
     nbformat.write(nb, tmp)

@@ -496,8 +496,8 @@ def reproduce(notebooks: Sequence[str | os.PathLike] | None = None, out: str | o
     """Execute the notebooks in order as copies in ``out``, evaluate what they trained, compare, report.
 
     ``notebooks`` default to ``notebooks/NN_*.ipynb``, in order. Each runs in a
-    fresh kernel with its own folder as working directory and ``CI=true``
-    (``smoke``) or ``CI`` unset, ``SIAMESE_RUNS=out/runs``,
+    fresh kernel with its own folder as working directory and ``SIAMESE_SMOKE=1``
+    (``smoke``) or ``SIAMESE_SMOKE`` unset, ``SIAMESE_RUNS=out/runs``,
     ``SIAMESE_DATA=data``, ``SIAMESE_THREADS=threads`` (default:
     ``$SIAMESE_THREADS``, else 2) and downloads off; ``parameters`` are
     injected into each notebook whose ``parameters`` cell sets them. The first
@@ -516,7 +516,7 @@ def reproduce(notebooks: Sequence[str | os.PathLike] | None = None, out: str | o
     import torch
 
     from .data import read_dataset
-    from .notebooks import parameter_names, run_notebook
+    from .notebooks import SMOKE_VARIABLE, parameter_names, run_notebook
     from .runtime import choose_device
 
     log = log or (lambda line: print(line, flush=True))
@@ -564,13 +564,15 @@ def reproduce(notebooks: Sequence[str | os.PathLike] | None = None, out: str | o
 
     _prepare_out(out, paths)
     runs = out / "runs"
-    env = {"CI": "true" if smoke else None, "SIAMESE_RUNS": str(runs.resolve()),
+    env = {SMOKE_VARIABLE: "1" if smoke else None, "SIAMESE_RUNS": str(runs.resolve()),
            "SIAMESE_DATA": str(data.resolve()), "SIAMESE_THREADS": str(threads),
            "MPLBACKEND": None}  # the kernel's own inline backend, so figures come back as PNG
     if device:
         env["SIAMESE_DEVICE"] = device
     runs.mkdir(parents=True)
 
+    log(f"{setting} setting: {SMOKE_VARIABLE}={'1' if smoke else 'unset'} in every kernel"
+        + ("" if smoke else " (--smoke for the short one the tests run)"))
     results = [NotebookResult(path, out / "notebooks" / path.name) for path in paths]
     failed: list[NotebookResult] = []
     for r in results:

@@ -1,20 +1,16 @@
-"""Shared fixtures. Every test runs offline: nothing may reach a model hub."""
+"""Shared fixtures. The environment every test runs in (offline, short setting) is set by the
+``conftest.py`` at the repository's root."""
 
-import os
+import json
+from pathlib import Path
 
-# Before transformers or huggingface_hub are imported anywhere (they read these
-# at import time), and inherited by the kernels nbval starts for the notebooks.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["SIAMESE_OFFLINE"] = "1"  # torchvision's ImageNet weights: the local cache only
-os.environ.setdefault("MPLBACKEND", "Agg")
+import numpy as np
+import pytest
+from PIL import Image
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+# tests/fixtures holds files the tests read, among them a notebook that one test runs in a subprocess;
+# nbval must not collect it as one of the series' notebooks.
+collect_ignore_glob = ["fixtures/*"]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "data" / "tiny"

@@ -258,3 +258,33 @@ def test_fused_scores_in_04_are_the_seed_networks_own():
         pairwise = torch.stack([net(images[i:i + 1].expand(4, -1, -1, -1), ids) @ prototype for i in range(3)])
     assert got.shape == (3, 4)
     torch.testing.assert_close(got, pairwise, atol=1e-5, rtol=1e-4)
+
+
+def _parameters_source(path):
+    (cell,) = [c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    return _source(cell)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_short_setting_is_switched_by_the_project_variable_alone(path):
+    """Not by CI, which a newcomer's shell does not set; one line, which says how to switch."""
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"environ(\.get)?[\[(]\s*\\?[\"']CI\\?[\"']", text), "read SIAMESE_SMOKE, not CI"
+    if "SMOKE" in _parameters_source(path):
+        (line,) = [l for l in _parameters_source(path).splitlines() if l.startswith("SMOKE =")]
+        assert line.startswith('SMOKE = os.environ.get("SIAMESE_SMOKE") == "1"  # '), line
+        assert "SMOKE = True" in line, "the comment says how to switch by hand"
+
+
+def test_the_readme_test_command_runs_the_notebooks_in_their_short_setting():
+    """`python -m pytest` with CI unset (a newcomer's shell) gives every notebook kernel SIAMESE_SMOKE=1."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "SIAMESE_SMOKE", "PYTEST_ADDOPTS")}
+    probe = "tests/fixtures/smoke_probe.ipynb"
+    result = subprocess.run([sys.executable, "-m", "pytest", probe, "-q", "-p", "no:randomly"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert re.search(r"\b1 passed\b", result.stdout), result.stdout[-2000:]

@@ -5,6 +5,7 @@ is too long for CI; one real notebook runs end to end in the smoke setting."""
 import importlib
 import inspect
 import json
+import os
 import re
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def series(tmp_path_factory):
     _notebook(folder / "01_copy_run.ipynb",
               "import os, shutil\nfrom pathlib import Path",
               "shutil.copytree(SOURCE, Path(os.environ['SIAMESE_RUNS']) / RUN_NAME)",
-              "print(os.environ.get('CI'), os.environ['SIAMESE_THREADS'], os.environ['HF_HUB_OFFLINE'], "
+              "print(os.environ.get('SIAMESE_SMOKE'), os.environ['SIAMESE_THREADS'], os.environ['HF_HUB_OFFLINE'], "
               "Path.cwd().name, Path(os.environ['SIAMESE_DATA']).name)",
               parameters="SOURCE = None\nRUN_NAME = 'copied'")
     _notebook(folder / "02_figure.ipynb",
@@ -87,7 +88,7 @@ def test_reproduce_runs_copies_records_and_compares(series, trained, small_tiny,
     assert copy.cells[3].metadata["tags"] == ["injected-parameters"]
     assert f"SOURCE = {str(trained)!r}" in copy.cells[3].source and "SIZE" not in copy.cells[3].source
     printed = copy.cells[-1].outputs[0]["text"].split()
-    assert printed == ["true", threads, "1", series.name, small_tiny.name]  # CI, threads, offline, cwd, data
+    assert printed == ["1", threads, "1", series.name, small_tiny.name]  # SIAMESE_SMOKE, threads, offline, cwd, data
     figure_nb = nbformat.read(out / "notebooks" / "02_figure.ipynb", as_version=4)
     assert "SIZE = 3" in figure_nb.cells[3].source and [c.execution_count for c in figure_nb.cells[1:]] == [1, 2, 3, 4]
 
@@ -265,6 +266,15 @@ def test_a_real_notebook_end_to_end_in_the_smoke_setting(tmp_path, capsys):
     code_cells = [c for c in executed.cells if c.cell_type == "code" and c.source.strip()]
     assert [c.execution_count for c in code_cells] == list(range(1, len(code_cells) + 1))
     assert "all 1 notebook(s) ran" in (out / "REPORT.md").read_text()
+
+
+def test_refresh_notebooks_runs_the_full_setting_even_under_the_tests(tmp_path, capsys):
+    """The committed notebooks show the full setting: refresh-notebooks removes SIAMESE_SMOKE from its kernel."""
+    assert os.environ.get("SIAMESE_SMOKE") == "1"  # the test run's short setting (conftest.py)
+    path = _notebook(tmp_path / "probe.ipynb", "import os\nprint(os.environ.get('SIAMESE_SMOKE'))")
+    assert main(["refresh-notebooks", str(path)]) == 0
+    assert "full setting (SIAMESE_SMOKE unset in the kernels)" in capsys.readouterr().out
+    assert nbformat.read(path, as_version=4).cells[1].outputs[0]["text"] == "None\n"
 
 
 def test_public_names_point_to_the_readme():
