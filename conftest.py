@@ -5,7 +5,10 @@ holds for ``python -m pytest notebooks/03_contrastive_training.ipynb``; the
 kernels that nbval starts for the notebooks inherit these variables.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Offline: nothing may reach a model hub. Set before transformers or huggingface_hub
 # are imported anywhere, since they read these at import time.
@@ -16,3 +19,39 @@ os.environ["SIAMESE_OFFLINE"] = "1"  # torchvision's ImageNet weights: the local
 # full one, with or without CI=true in the environment.
 os.environ["SIAMESE_SMOKE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# What the notebooks train goes to a folder of this test run, never to the repository's runs/ (where a reader's
+# full-setting runs would otherwise be reused by the tests, or overwritten by short ones).
+if "SIAMESE_RUNS" not in os.environ:
+    os.environ["SIAMESE_RUNS"] = tempfile.mkdtemp(prefix="siamese-test-runs-")
+    atexit.register(shutil.rmtree, os.environ["SIAMESE_RUNS"], ignore_errors=True)
+
+# Under pytest-xdist (pyproject's addopts: -n auto), each worker gets its share of the cores, for torch in the
+# worker and in the notebook kernels it starts: two thread pools that fight over one core slow each other
+# down by far more than they gain.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = os.environ["SIAMESE_THREADS"] = _threads
+
+# Under pytest-xdist, every test file and notebook is one unit that stays on one worker, in order (a notebook's
+# cells share its kernel; a module's fixtures are built once), and the notebooks that reuse chapter 03's trained
+# model (SIAMESE_RUNS/03_contrastive_training) form one unit with it, so that they never train it side by side.
+_CHAPTER_03_CHAIN = ("03_contrastive_training", "04_evaluation", "06_reranking", "07_interactive_search")
+
+
+def _unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    name = path.rsplit("/", 1)[-1]
+    return "notebooks 03, 04, 06, 07" if name.removesuffix(".ipynb") in _CHAPTER_03_CHAIN else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        """xdist's loadscope, with a whole file (or chapter 03's chain of notebooks) as the scope."""
+
+        def _split_scope(self, nodeid: str) -> str:  # the one method xdist's own loadfile mode overrides
+            return _unit(nodeid)
+
+    return ByFile(config, log)

@@ -1,6 +1,6 @@
 """`reproduce`: every notebook executed as a copy, in order; the report; the comparison with the
 expected metrics; exit codes. Small notebooks written here stand in for the series, whose full run
-is too long for CI; one real notebook runs end to end in the smoke setting."""
+is too long for CI (nbval executes the real ones, each once, in their short setting)."""
 
 import importlib
 import inspect
@@ -249,23 +249,6 @@ def test_expected_metrics_are_well_formed_and_name_what_the_notebooks_produce():
             assert 0 <= metrics["i2t_r1"] <= metrics["i2t_r5"] <= metrics["i2t_r10"] <= 100
             assert metrics["rsum"] == pytest.approx(sum(metrics[k] for k in METRIC_KEYS if re.search(r"_r\d+$", k)))
     assert record["settings"]["smoke"]["runs"] != record["settings"]["full"]["runs"]
-
-
-def test_a_real_notebook_end_to_end_in_the_smoke_setting(tmp_path, capsys):
-    notebook = REPO / "notebooks" / "01_preprocessing.ipynb"
-    before = notebook.read_bytes()
-    committed = nbformat.reads(before.decode("utf-8"), as_version=4)
-    pngs = sum("image/png" in o.get("data", {}) for c in committed.cells if c.cell_type == "code" for o in c.outputs)
-    out = tmp_path / "results"
-    code, captured = _reproduce(notebook, "--smoke", "--out", out, "--no-compare", capsys=capsys)
-    assert code == 0, captured.err
-    assert notebook.read_bytes() == before
-    figures = sorted((out / "figures").glob("01_preprocessing-*.png"))
-    assert len(figures) == pngs and all(f.read_bytes().startswith(PNG_MAGIC) for f in figures)
-    executed = nbformat.read(out / "notebooks" / notebook.name, as_version=4)
-    code_cells = [c for c in executed.cells if c.cell_type == "code" and c.source.strip()]
-    assert [c.execution_count for c in code_cells] == list(range(1, len(code_cells) + 1))
-    assert "all 1 notebook(s) ran" in (out / "REPORT.md").read_text()
 
 
 def test_refresh_notebooks_runs_the_full_setting_even_under_the_tests(tmp_path, capsys):
