@@ -277,14 +277,16 @@ def test_the_short_setting_is_switched_by_the_project_variable_alone(path):
 
 
 def test_the_readme_test_command_runs_the_notebooks_in_their_short_setting():
-    """`python -m pytest` with CI unset (a newcomer's shell) gives every notebook kernel SIAMESE_SMOKE=1."""
+    """`python -m pytest` with CI unset (a newcomer's shell) gives every notebook kernel SIAMESE_SMOKE=1.
+
+    In one process (-n 0): xdist's workers inherit the environment this conftest sets, as kernels do."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "SIAMESE_SMOKE", "PYTEST_ADDOPTS")}
     probe = "tests/fixtures/smoke_probe.ipynb"
-    result = subprocess.run([sys.executable, "-m", "pytest", probe, "-q", "-p", "no:randomly"], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-m", "pytest", probe, "-q", "-n", "0"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert re.search(r"\b1 passed\b", result.stdout), result.stdout[-2000:]
