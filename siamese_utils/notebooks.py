@@ -37,7 +37,11 @@ def strip_noise(nb) -> None:
 
     The state of ipywidgets (notebook 07's panels, with every thumbnail they
     show) would add about a megabyte per run; each panel draws a static
-    snapshot of itself into the outputs instead.
+    snapshot of itself into the outputs instead. Without its state a stored
+    widget view points at a model no reader has (JupyterLab, VS Code and Colab
+    then print "Error displaying widget: model not found"), so each output
+    keeps only its other forms, the ``text/plain`` line that says what the
+    panel was; an output with nothing else is dropped.
 
     Explained in ``README.md`` (section "Working on the notebooks").
     """
@@ -48,6 +52,20 @@ def strip_noise(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+        if cell.get("cell_type") == "code" and "outputs" in cell:
+            cell.outputs = [out for out in cell.outputs if _without_widget_views(out)]
+
+
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _without_widget_views(output) -> bool:
+    # Remove the widget view from a display_data / execute_result output; False when nothing else is left.
+    data = output.get("data")
+    if not data or _WIDGET_VIEW not in data:
+        return True
+    del data[_WIDGET_VIEW]
+    return bool(data)
 
 
 @contextlib.contextmanager
