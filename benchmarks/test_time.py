@@ -9,7 +9,10 @@ one table: install, the whole test command, and the seconds each file spent
 side by side, so the sum is larger than the wall time). The browser tests run when
 Chromium is installed, as in CI.
 
-    python benchmarks/test_time.py [--ref HEAD] [--pytest-args "-n 0"] [--keep DIR] [--json FILE]
+    python benchmarks/test_time.py [--ref HEAD] [--ci] [--pytest-args "-n 0"] [--keep DIR] [--json FILE]
+
+``--ci`` sets ``CI=true`` as CI does (commits before the ``SIAMESE_SMOKE`` switch chose
+their notebooks' short setting from it; without it they run the full one).
 
 The machine is shared: the 1-minute load average is printed before and after, so
 that a reader can judge how much other processes inflated the figures.
@@ -52,6 +55,7 @@ def per_file(junit: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", default="HEAD", help="the commit to clone and time (default: %(default)s)")
+    parser.add_argument("--ci", action="store_true", help="run the tests with CI=true, as CI does")
     parser.add_argument("--pytest-args", default="", help="extra arguments for pytest, e.g. '-n 0' (default: none)")
     parser.add_argument("--keep", type=Path, help="clone into this folder and keep it (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -63,6 +67,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
                             text=True, check=True).stdout.strip()
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "SIAMESE_SMOKE", "PYTEST_ADDOPTS", "VIRTUAL_ENV")}
+    if args.ci:
+        env["CI"] = "true"
     load_before = os.getloadavg()[0]
 
     subprocess.run([sys.executable, "-m", "venv", ".venv"], cwd=folder, check=True)
@@ -76,7 +82,8 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     files = per_file(junit)
 
-    print(f"commit {commit}, pytest {args.pytest_args or '(as in pyproject.toml)'}, {os.cpu_count()} CPUs, "
+    print(f"commit {commit}, CI={'true' if args.ci else 'unset'}, pytest {args.pytest_args or '(as in pyproject.toml)'}, "
+          f"{os.cpu_count()} CPUs, "
           f"load average {load_before:.1f} before, {load_after:.1f} after; pytest exit status {code}")
     print("\n| step | seconds |\n|---|---:|")
     print(f"| set-up command (`pip install -e \".[dev]\"`) | {install:.0f} |")

@@ -375,7 +375,7 @@ def _course_readme(sets: list[tuple[str, list[Exercise]]]) -> str:
         "exercise as passed, failed with the check's message, not implemented yet, or stopped by an error in an",
         "earlier cell, then the points; the exit status is 0 only when every check passes. `--quick` runs only",
         "the setup cell, the `parameters` cell and each exercise's two cells: seconds instead of a whole",
-        "notebook's training. `--json` prints the result as JSON. Set `CI=1` to grade with the notebooks' short",
+        "notebook's training. `--json` prints the result as JSON. Set `SIAMESE_SMOKE=1` to grade with the notebooks' short",
         "settings.",
         "",
         "## With nbgrader",

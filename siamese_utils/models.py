@@ -580,6 +580,7 @@ def _seed_cnn(pretrained: bool) -> SeedCNN:
 class _Tower:
     build: Callable[..., nn.Module]
     about: str
+    pretrained_words: bool = False  # a text tower whose word vectors were learned before our captions
 
 
 IMAGE_TOWERS: dict[str, _Tower] = {
@@ -599,9 +600,10 @@ TEXT_TOWERS: dict[str, _Tower] = {
                             "bidirectional GRU, learned attention pooling"),
     "bow": _Tower(lambda **kw: BagOfWordsTower(kw["vocab_size"], kw["word_dim"] or 300),
                   "bag of words: the mean of the word vectors, blind to word order"),
-    "minilm": _Tower(lambda **kw: TransformerTextTower("minilm"), "all-MiniLM-L6-v2, pretrained, offline"),
+    "minilm": _Tower(lambda **kw: TransformerTextTower("minilm"), "all-MiniLM-L6-v2, pretrained, offline",
+                     pretrained_words=True),
     "bert-base-uncased": _Tower(lambda **kw: TransformerTextTower("bert-base-uncased"),
-                                "BERT-base uncased, from the hub (needs the network once)"),
+                                "BERT-base uncased, from the hub (needs the network once)", pretrained_words=True),
 }
 
 

@@ -30,6 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .data import load_image, to_rgb
+from .models import TEXT_TOWERS
 from .search import Gallery
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 
 _MATCH = "#1a9850"  # the green of plotting.plot_retrieval's ground-truth frames
 _SUPPORT, _OPPOSE = (214, 39, 40), (31, 119, 180)  # red: the word holds the match up; blue: it pulls it down
-_PRETRAINED_TEXT = ("minilm",)  # text towers that knew words before training on our captions
 
 
 def _widgets():
@@ -337,8 +337,9 @@ def _notes_html(notes: Sequence[str]) -> str:
 
 
 def _is_pretrained_text(model) -> bool:
-    config = getattr(model, "config", None)
-    return getattr(config, "text_tower", None) in _PRETRAINED_TEXT
+    # The tower registry says which text towers knew words before training on our captions.
+    tower = TEXT_TOWERS.get(getattr(getattr(model, "config", None), "text_tower", None))
+    return bool(tower and tower.pretrained_words)
 
 
 class _Panel(abc.ABC):

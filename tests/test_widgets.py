@@ -111,6 +111,19 @@ def test_unseen_words_are_named_and_explained(tokenizer, seen):
     assert pretrained.unseen == ("pink",) and "pretrained text tower knows" in pretrained.messages()[0]
 
 
+@pytest.mark.parametrize("text_tower, knows_words", [("minilm", True), ("bert-base-uncased", True), ("gru", False),
+                                                      ("bow", False), ("seed_lstm", False)])
+def test_the_panel_asks_the_tower_registry_whether_word_vectors_were_pretrained(text_tower, knows_words):
+    """A BERT model's user must not be told that its word vectors are untrained (a list of names once said so)."""
+    from types import SimpleNamespace
+
+    from siamese_utils.models import TEXT_TOWERS
+    from siamese_utils.widgets import _is_pretrained_text
+
+    assert TEXT_TOWERS[text_tower].pretrained_words is knows_words
+    assert _is_pretrained_text(SimpleNamespace(config=SimpleNamespace(text_tower=text_tower))) is knows_words
+
+
 def test_a_word_is_unseen_when_any_of_its_pieces_is(tokenizer, seen):
     assert tokenizer.tokenize("redish")[0] == "red"  # red + ##ish: the first piece is seen
     check = check_query("a redish square", tokenizer, seen)
