@@ -10,6 +10,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # Offline: nothing may reach a model hub. Set before transformers or huggingface_hub
 # are imported anywhere, since they read these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -45,6 +47,7 @@ def _unit(nodeid: str) -> str:
     return "notebooks 03, 04, 06, 07" if name.removesuffix(".ipynb") in _CHAPTER_03_CHAIN else path
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist, nothing to schedule
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
