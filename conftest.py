@@ -47,23 +47,6 @@ def _unit(nodeid: str) -> str:
     return "notebooks 03, 04, 06, 07" if name.removesuffix(".ipynb") in _CHAPTER_03_CHAIN else path
 
 
-# The longest units first, so that no worker starts one while the other is about to run out of work: chapter 03's
-# chain, the browser tests, the other notebooks (the later chapters, longer, first), then the unit tests
-# (pyproject's --no-loadscope-reorder keeps this order; xdist's own sorts by the number of tests, and the
-# browser module has only ten).
-def _weight(nodeid: str) -> tuple[int, int]:
-    path = nodeid.split("::", 1)[0]
-    if _unit(nodeid) != path:
-        return (0, 0)
-    if path.endswith(".ipynb"):
-        return (2, -int(path.rsplit("/", 1)[-1][:2]))
-    return (1, 0) if path.endswith("test_browser.py") else (3, 0)
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: _weight(item.nodeid))  # stable: each file keeps its own order
-
-
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist, nothing to schedule
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
