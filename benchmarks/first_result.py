@@ -25,6 +25,8 @@ from pathlib import Path
 import nbclient
 import nbformat
 
+from siamese_utils.notebooks import OFFLINE_ENV, SMOKE_VARIABLE
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = [REPO / "notebooks" / "01_preprocessing.ipynb", REPO / "notebooks" / "03_contrastive_training.ipynb"]
 
@@ -45,9 +47,8 @@ def time_notebook(path: Path, threads: int) -> dict:
     nb = nbformat.read(path, as_version=4)
     runs = tempfile.mkdtemp(prefix="first-result-runs-")
     saved = dict(os.environ)
-    os.environ.pop("SIAMESE_SMOKE", None)
-    os.environ.update({"SIAMESE_RUNS": runs, "SIAMESE_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-                       "TRANSFORMERS_OFFLINE": "1", "SIAMESE_OFFLINE": "1"})
+    os.environ.pop(SMOKE_VARIABLE, None)
+    os.environ.update({**OFFLINE_ENV, "SIAMESE_RUNS": runs, "SIAMESE_THREADS": str(threads)})
     os.environ.pop("MPLBACKEND", None)
     try:
         start = datetime.datetime.now(datetime.timezone.utc)

@@ -46,8 +46,8 @@ def per_file(junit: Path) -> dict[str, float]:
     seconds: dict[str, float] = defaultdict(float)
     for case in ET.parse(junit).getroot().iter("testcase"):
         name = case.get("classname", "")
-        # tests.test_cli -> tests/test_cli.py; nbval's cells are classed by the notebook's path
-        key = name if name.endswith(".ipynb") else name.replace(".", "/") + ".py"
+        # tests.test_cli -> tests/test_cli.py; notebooks.01_preprocessing.ipynb (nbval's) -> notebooks/01_...ipynb
+        key = name.removesuffix(".ipynb").replace(".", "/") + (".ipynb" if name.endswith(".ipynb") else ".py")
         seconds[key] += float(case.get("time", 0))
     return dict(seconds)
 

@@ -290,3 +290,11 @@ def test_the_readme_test_command_runs_the_notebooks_in_their_short_setting():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert re.search(r"\b1 passed\b", result.stdout), result.stdout[-2000:]
+
+
+def test_the_test_run_trains_into_its_own_folder_not_the_repositorys_runs():
+    """The notebooks under test write SIAMESE_RUNS; conftest.py points it outside the checkout."""
+    import os
+
+    runs = Path(os.environ["SIAMESE_RUNS"]).resolve()
+    assert REPO not in runs.parents and runs != REPO / "runs"
