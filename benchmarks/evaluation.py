@@ -9,7 +9,7 @@ so ranks spread over the whole range as they do for a real model (R@1 about
 
 Timed, each on the same embeddings:
 
-1. ``retrieval_metrics`` (``siamese_utils.metrics``): vectorised and chunked,
+1. ``retrieval_metrics`` (``siamese_utils.core.metrics``): vectorised and chunked,
    counts instead of sorts; median of ``--repeats`` calls;
 2. the reference loop, as VSE++'s ``evaluation.py`` computes ``i2t`` and
    ``t2i``: one full ``argsort`` per query in a Python loop over NumPy
@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from siamese_utils.metrics import METRIC_KEYS, retrieval_metrics
+from siamese_utils.core.metrics import METRIC_KEYS, retrieval_metrics
 
 CAPTIONS_PER_IMAGE = 5
 

@@ -3,7 +3,7 @@
 A gallery of ``--size`` random unit vectors of ``--dim`` dimensions (default
 1,000,000 x 256, the models' default ``embed_dim``) and ``--queries`` random
 unit queries, searched for their ``--k`` best items by inner product with
-``siamese_utils.index.EmbeddingIndex``:
+``siamese_utils.chapters.scaling.index.EmbeddingIndex``:
 
 1. exact, FAISS ``IndexFlatIP``;
 2. approximate, FAISS ``IndexIVFFlat`` with ``--nlist`` lists, k-means trained
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siamese_utils.index import EmbeddingIndex, faiss_available
+from siamese_utils.chapters.scaling.index import EmbeddingIndex, faiss_available
 
 
 def unit_vectors(n: int, dim: int, seed: int, centres: np.ndarray | None = None, spread: float = 1.0,

@@ -25,7 +25,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 
-from siamese_utils.notebooks import OFFLINE_ENV, SMOKE_VARIABLE
+from siamese_utils.tools.notebooks import OFFLINE_ENV, SMOKE_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = [REPO / "notebooks" / "01_preprocessing.ipynb", REPO / "notebooks" / "03_contrastive_training.ipynb"]

@@ -6,7 +6,7 @@ Two parts.
    the device: a ResNet-50 image tower (torchvision, random weights) and a
    BERT-base text tower (``transformers.BertModel(BertConfig())``, random
    weights: nothing is downloaded), each projected to 256 dimensions and
-   normalised, symmetric InfoNCE (``siamese_utils.losses.info_nce_loss``) and
+   normalised, symmetric InfoNCE (``siamese_utils.core.losses.info_nce_loss``) and
    fused AdamW; batch 256, 224 px, 32 tokens. Four variants: float32 (TF32
    matmuls and convolutions on CUDA), bf16 autocast, bf16 + channels-last, and
    bf16 + channels-last + ``torch.compile``. Each gets a fresh model, warm-up
@@ -20,7 +20,7 @@ Two parts.
    GPU).
 2. The project's own training path: a ``siamese_utils`` ``DualEncoder`` from
    ``build_model(ModelConfig(...))`` (ResNet-50 and the project's GRU text
-   tower) trained by ``siamese_utils.train.train_one_epoch`` with
+   tower) trained by ``siamese_utils.core.train.train_one_epoch`` with
    ``TrainConfig(channels_last=True, amp=True, compile=...)``, fed as ``fit``
    feeds it: ``load_split_images`` for each image pipeline
    (``images="memory"``, ``"disk"``, ``"stream"``: decoded in the loader's
@@ -69,10 +69,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import siamese_utils as su
-from siamese_utils.data import CaptionedImages
-from siamese_utils.losses import info_nce_loss
-from siamese_utils.models import _quiet_transformers
-from siamese_utils.train import (
+from siamese_utils.core.data import CaptionedImages
+from siamese_utils.core.losses import info_nce_loss
+from siamese_utils.core.models import _quiet_transformers
+from siamese_utils.core.train import (
     PairTensors,
     TrainConfig,
     load_split_images,
@@ -80,7 +80,7 @@ from siamese_utils.train import (
     make_scheduler,
     train_one_epoch,
 )
-from siamese_utils.transforms import CaptionAwareHorizontalFlip
+from siamese_utils.core.transforms import CaptionAwareHorizontalFlip
 
 # Dense peak TFLOP/s by GPU name (longest match first): (bf16/fp16 tensor cores, TF32, plain fp32).
 # Vendor data sheets; SXM parts for H100/H200, whose PCIe/NVL parts are slower.

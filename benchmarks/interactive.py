@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 import siamese_utils as su
-from siamese_utils.search import Gallery
-from siamese_utils.train import DEFAULT_MODEL, load_model, prepare_images
-from siamese_utils.widgets import (EmbeddingExplorer, ImageSearchPanel, TextSearchPanel, seen_token_ids,
+from siamese_utils.core.search import Gallery
+from siamese_utils.core.train import DEFAULT_MODEL, load_model, prepare_images
+from siamese_utils.chapters.widgets import (EmbeddingExplorer, ImageSearchPanel, TextSearchPanel, seen_token_ids,
                                    word_importance)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import time
 import torch
 
 import siamese_utils as su
-from siamese_utils import models
+from siamese_utils.core import models
 
 
 def median_seconds(step, repeats: int) -> float:

@@ -48,8 +48,8 @@ import time
 import torch
 
 import siamese_utils as su
-from siamese_utils import models
-from siamese_utils.train import (
+from siamese_utils.core import models
+from siamese_utils.core.train import (
     DEFAULT_MODEL,
     PairTensors,
     TrainConfig,
@@ -59,7 +59,7 @@ from siamese_utils.train import (
     prepare_images,
     train_one_epoch,
 )
-from siamese_utils.transforms import CaptionAwareHorizontalFlip
+from siamese_utils.core.transforms import CaptionAwareHorizontalFlip
 
 CONFIGURATIONS: list[tuple[str, models.ModelConfig, bool]] = [
     ("1 EfficientNet frozen, features cached (default)", DEFAULT_MODEL, True),

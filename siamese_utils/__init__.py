@@ -31,7 +31,7 @@ explains it. The modules follow the stages of the series:
   place or as a checked reproduction, and course assignments made from them.
 """
 
-from .data import (
+from .core.data import (
     Batch,
     CaptionedImages,
     Collator,
@@ -40,19 +40,27 @@ from .data import (
     ImageRecord,
     ImageTextDataset,
     load_image,
+    to_rgb,
     make_loader,
     read_dataset,
 )
-from .metrics import retrieval_metrics
-from .models import CrossEncoder, DualEncoder, ModelConfig, SeedSiameseNetwork, build_model
-from .runtime import choose_device, seed_everything, seed_worker
-from .text import load_tokenizer, swap_left_right
-from .train import DEFAULT_MODEL, TrainConfig, fit, load_model
-from .transforms import ImageTextTransform, ImageTransformConfig, build_image_transform
+from .core.metrics import retrieval_metrics
+from .core.models import CrossEncoder, DualEncoder, ModelConfig, SeedLSTMTower, SeedSiameseNetwork, build_model
+from .core.runtime import choose_device, seed_everything, seed_worker
+from .core.text import load_tokenizer, swap_left_right
+from .core.train import DEFAULT_MODEL, PairTensors, TrainConfig, fit, load_model, train_one_epoch
+from .core.transforms import (CaptionAwareHorizontalFlip, ImageTextTransform, ImageTransformConfig,
+                              build_image_transform, denormalize)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "denormalize",
+    "CaptionAwareHorizontalFlip",
+    "train_one_epoch",
+    "PairTensors",
+    "SeedLSTMTower",
+    "to_rgb",
     "DEFAULT_MODEL",
     "Batch",
     "CaptionedImages",

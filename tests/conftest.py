@@ -23,7 +23,7 @@ def tiny_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from siamese_utils.text import load_tokenizer
+    from siamese_utils.core.text import load_tokenizer
 
     return load_tokenizer()
 
@@ -63,7 +63,7 @@ def rng():
 @pytest.fixture(scope="session")
 def small_tiny(tmp_path_factory) -> Path:
     """A small tiny-format dataset (48 / 12 / 12 images of 16 px) for quick training runs."""
-    from siamese_utils.tiny import TinyConfig, write_tiny_dataset
+    from siamese_utils.datasets.tiny import TinyConfig, write_tiny_dataset
 
     return write_tiny_dataset(tmp_path_factory.mktemp("small") / "tiny",
                               TinyConfig(image_size=16, num_train=48, num_val=12, num_test=12))

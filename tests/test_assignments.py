@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from siamese_utils import assignments as A
-from siamese_utils.__main__ import main
+from siamese_utils.tools import assignments as A
+from siamese_utils.tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -151,8 +151,9 @@ def test_checks_change_nothing_the_lesson_uses(path):
     """A test cell binds no name another cell uses, leaves the global random state alone and runs fast."""
     import time
 
-    from siamese_utils import losses, models
-    from siamese_utils.metrics import retrieval_metrics, retrieval_ranks
+    from siamese_utils.core import losses
+    from siamese_utils.core import models
+    from siamese_utils.core.metrics import retrieval_metrics, retrieval_ranks
 
     nb = _read(path)
     code = [c for c in nb.cells if c.cell_type == "code"]

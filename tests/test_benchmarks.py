@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from siamese_utils.index import faiss_available
+from siamese_utils.chapters.scaling.index import faiss_available
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"

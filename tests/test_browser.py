@@ -43,7 +43,7 @@ import nbformat
 import pytest
 from nbformat.sign import NotebookNotary
 
-from siamese_utils.notebooks import OFFLINE_ENV, SMOKE_VARIABLE
+from siamese_utils.tools.notebooks import OFFLINE_ENV, SMOKE_VARIABLE
 
 pytestmark = pytest.mark.browser
 
@@ -159,7 +159,7 @@ def _seed_chapter_03(runs: Path) -> None:
     import torch
 
     from siamese_utils import build_model
-    from siamese_utils.train import DEFAULT_MODEL, save_checkpoint
+    from siamese_utils.core.train import DEFAULT_MODEL, save_checkpoint
 
     torch.manual_seed(0)
     folder = runs / "03_contrastive_training"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from siamese_utils.__main__ import main
+from siamese_utils.tools.cli import main
 
 
 SMALL = ["--num-train", "6", "--num-val", "2", "--num-test", "2"]
@@ -124,7 +124,7 @@ def _train_subprocess(args, env_threads="1", **popen):
 def test_train_writes_the_run_folder_and_repeats_to_the_bit(small_tiny, tmp_path, capsys):
     import json
 
-    from siamese_utils.metrics import METRIC_KEYS
+    from siamese_utils.core.metrics import METRIC_KEYS
 
     outs = []
     for name in ("a", "b"):
@@ -224,7 +224,7 @@ def test_train_on_a_corrupt_image_names_the_file_and_writes_no_checkpoint(small_
 
 
 def test_train_freezes_only_image_towers_with_offline_weights_by_default(tmp_path):
-    from siamese_utils.__main__ import _train_settings, build_parser
+    from siamese_utils.tools.cli import _train_settings, build_parser
 
     def settings(*flags):
         args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path), *flags])
@@ -258,12 +258,12 @@ def test_train_reports_bad_data_output_and_settings_in_one_line(small_tiny, tmp_
 
 
 def test_train_interrupted_says_how_to_resume(small_tiny, tmp_path, capsys, monkeypatch):
-    import siamese_utils.train
+    import siamese_utils.core.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(siamese_utils.train, "fit", interrupted)
+    monkeypatch.setattr(siamese_utils.core.train, "fit", interrupted)
     out = tmp_path / "run"
     assert main(["train", "--data", str(small_tiny), "--out", str(out), *SMALL_FLAGS]) == 130
     assert "holds the last finished epoch: continue with --resume" in capsys.readouterr().err
@@ -282,7 +282,7 @@ def trained_run(small_tiny, tmp_path_factory):
 
 
 def test_evaluate_json_reproduces_the_test_metrics_of_train(trained_run, small_tiny, capsys):
-    from siamese_utils.metrics import METRIC_KEYS
+    from siamese_utils.core.metrics import METRIC_KEYS
 
     capsys.readouterr()
     stored = json.loads((trained_run / "metrics.json").read_text())["test"]
@@ -312,10 +312,10 @@ def test_evaluate_prints_a_table(trained_run, small_tiny, capsys):
 def test_evaluate_folds_average_equal_slices_of_the_images(trained_run, small_tiny, capsys):
     import numpy as np
 
-    from siamese_utils.data import read_dataset
-    from siamese_utils.metrics import retrieval_metrics
-    from siamese_utils.text import load_tokenizer
-    from siamese_utils.train import encode_split, load_model
+    from siamese_utils.core.data import read_dataset
+    from siamese_utils.core.metrics import retrieval_metrics
+    from siamese_utils.core.text import load_tokenizer
+    from siamese_utils.core.train import encode_split, load_model
 
     split = read_dataset(small_tiny).split("test")
     img, txt = encode_split(load_model(trained_run), split, load_tokenizer(), image_size=16, max_length=32)
@@ -384,8 +384,8 @@ def _rows(out):
 
 
 def test_search_by_caption_lists_and_marks_the_images(trained_run, small_tiny, tokenizer, capsys):
-    from siamese_utils.data import read_dataset
-    from siamese_utils.search import Gallery
+    from siamese_utils.core.data import read_dataset
+    from siamese_utils.core.search import Gallery
 
     split = read_dataset(small_tiny).split("test")
     caption = split[5].captions[2]
@@ -407,7 +407,7 @@ def test_search_by_caption_lists_and_marks_the_images(trained_run, small_tiny, t
 
 
 def test_search_by_image_lists_and_marks_its_captions(trained_run, small_tiny, capsys):
-    from siamese_utils.data import read_dataset
+    from siamese_utils.core.data import read_dataset
 
     split = read_dataset(small_tiny).split("test")
     image = split[2].path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese_utils.data import (
+from siamese_utils.core.data import (
     DatasetError,
     ImageDataset,
     ImageTextDataset,
@@ -320,7 +320,7 @@ def test_pairs_dataset_one_item_per_caption(tiny_dir):
 
 
 def test_images_are_decoded_once_when_cached(tiny_dir, monkeypatch):
-    import siamese_utils.data as data_mod
+    import siamese_utils.core.data as data_mod
 
     calls = []
     real = data_mod.load_image

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from siamese_utils import datasets as ds
+from siamese_utils.datasets import registry as ds
 from siamese_utils import read_dataset
-from siamese_utils.__main__ import main
-from siamese_utils.datasets import (
+from siamese_utils.tools.cli import main
+from siamese_utils.datasets.registry import (
     DATASETS,
     DatasetError,
     DownloadError,

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from siamese_utils import distributed as D
-from siamese_utils.losses import contrastive_loss
+from siamese_utils.chapters.scaling import distributed as D
+from siamese_utils.core.losses import contrastive_loss
 
 SMALL = dict(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8, vocab_size=30522)
 WORLD = 2
@@ -41,8 +41,8 @@ def _global_batch():
 
 
 def _gradient_check(rank: int, out) -> None:
-    from siamese_utils.models import ModelConfig, build_model
-    from siamese_utils.train import TrainConfig, TrainStep
+    from siamese_utils.core.models import ModelConfig, build_model
+    from siamese_utils.core.train import TrainConfig, TrainStep
 
     images, input_ids, attention_mask, image_index = _global_batch()
     mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
@@ -69,11 +69,11 @@ def _gradient_check(rank: int, out) -> None:
 
 
 def _fit_run(rank: int, out, data_dir) -> None:
-    from siamese_utils import train as T
-    from siamese_utils.data import read_dataset
-    from siamese_utils.models import ModelConfig, build_model
-    from siamese_utils.runtime import seed_everything
-    from siamese_utils.text import load_tokenizer
+    from siamese_utils.core import train as T
+    from siamese_utils.core.data import read_dataset
+    from siamese_utils.core.models import ModelConfig, build_model
+    from siamese_utils.core.runtime import seed_everything
+    from siamese_utils.core.text import load_tokenizer
 
     seen: list[int] = []
     original = T.PairTensors.__getitem__
@@ -134,7 +134,7 @@ def test_gathered_loss_and_gradients_equal_one_process_on_the_whole_batch(two_pr
 
 
 def test_fit_gives_each_process_a_disjoint_share_of_every_epoch(two_processes, small_tiny):
-    from siamese_utils.data import read_dataset
+    from siamese_utils.core.data import read_dataset
 
     pairs = read_dataset(small_tiny).split("train").num_captions
     seen = [torch.load(two_processes / f"fit-rank{rank}.pt")["seen"] for rank in range(WORLD)]
@@ -149,7 +149,7 @@ def test_fit_gives_each_process_a_disjoint_share_of_every_epoch(two_processes, s
 
 
 def test_only_rank_zero_validates_and_its_checkpoint_resumes_and_loads(two_processes):
-    from siamese_utils.train import load_checkpoint, load_model
+    from siamese_utils.core.train import load_checkpoint, load_model
 
     main, other = (torch.load(two_processes / f"fit-rank{rank}.pt") for rank in range(WORLD))
     assert main["history_rows"] == [1, 2]  # one epoch, then resumed for the second

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from siamese_utils import grid as grid_module
-from siamese_utils.__main__ import main
-from siamese_utils.data import read_dataset
-from siamese_utils.grid import (GridError, Variant, commenter_grid, format_summary, read_grid, run_grid,
+from siamese_utils.chapters import comparisons as grid_module
+from siamese_utils.tools.cli import main
+from siamese_utils.core.data import read_dataset
+from siamese_utils.chapters.comparisons import (GridError, Variant, commenter_grid, format_summary, read_grid, run_grid,
                                 summarize_grid)
-from siamese_utils.models import ModelConfig, build_model
-from siamese_utils.train import DEFAULT_MODEL, TrainConfig, make_optimizer
+from siamese_utils.core.models import ModelConfig, build_model
+from siamese_utils.core.train import DEFAULT_MODEL, TrainConfig, make_optimizer
 
 LIGHT = ModelConfig(image_tower="seed_cnn", text_tower="bow", word_dim=16, embed_dim=16)
 QUICK = TrainConfig(num_epochs=1, batch_size=16, image_size=16, max_length=12, eval_batch_size=64)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from siamese_utils.index import EmbeddingIndex, faiss_available
-from siamese_utils.models import MissingDependencyError
+from siamese_utils.chapters.scaling.index import EmbeddingIndex, faiss_available
+from siamese_utils.core.models import MissingDependencyError
 
 
 def unit(n, dim, seed):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from siamese_utils.data import Batch, Collator, ImageDataset, ImageTextDataset, make_loader, read_dataset
-from siamese_utils.runtime import choose_device, seed_everything
-from siamese_utils.transforms import ImageTextTransform, ImageTransformConfig, build_image_transform
+from siamese_utils.core.data import Batch, Collator, ImageDataset, ImageTextDataset, make_loader, read_dataset
+from siamese_utils.core.runtime import choose_device, seed_everything
+from siamese_utils.core.transforms import ImageTextTransform, ImageTransformConfig, build_image_transform
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_choose_device(monkeypatch):
 
 @pytest.mark.parametrize("variable", ["SIAMESE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_offline_mode_follows_any_of_the_usual_variables(monkeypatch, variable):
-    from siamese_utils.runtime import is_offline
+    from siamese_utils.core.runtime import is_offline
 
     for v in ("SIAMESE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(v, raising=False)

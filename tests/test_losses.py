@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siamese_utils.losses import (
+from siamese_utils.core.losses import (
     LOSSES,
     contrastive_loss,
     cosine_embedding_loss,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import siamese_utils.metrics as metrics_module
-from siamese_utils.metrics import (
+import siamese_utils.core.metrics as metrics_module
+from siamese_utils.core.metrics import (
     METRIC_KEYS,
     chance_metrics,
     fold_indices,

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from siamese_utils import models as M
-from siamese_utils.data import read_dataset
-from siamese_utils.transforms import (
+from siamese_utils.core import models as M
+from siamese_utils.core.data import read_dataset
+from siamese_utils.core.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageTransformConfig,
@@ -340,7 +340,7 @@ def test_left_padded_or_empty_captions_are_refused_clearly():
 
 def test_minilm_tower_matches_sentence_transformers(tokenizer, minilm):
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    from siamese_utils.text import offline_tokenizer_dir
+    from siamese_utils.core.text import offline_tokenizer_dir
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

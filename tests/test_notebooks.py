@@ -76,7 +76,7 @@ def _definitions(path, name, **names):
 
 
 def test_dynamic_padding_taught_in_01_agrees_with_the_collator(tokenizer, tiny_dir):
-    from siamese_utils.data import Collator, read_dataset
+    from siamese_utils.core.data import Collator, read_dataset
 
     pad_token_ids = _definitions(REPO / "notebooks" / "01_preprocessing.ipynb", "pad_token_ids")
     captions = read_dataset(tiny_dir).split("test").captions
@@ -98,7 +98,7 @@ def _padded_batch(tokenizer):
 
 
 def test_seed_network_copied_in_02_is_the_library_one_without_its_embedding():
-    from siamese_utils.models import SeedSiameseNetwork
+    from siamese_utils.core.models import SeedSiameseNetwork
 
     SiameseNetwork = _definitions(NB02, "SiameseNetwork")
     torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_seed_network_copied_in_02_is_the_library_one_without_its_embedding():
 
 
 def test_pooling_taught_in_02_agrees_with_the_library(tokenizer):
-    from siamese_utils import models
+    from siamese_utils.core import models
 
     ids, mask = _padded_batch(tokenizer)
     hidden = torch.randn(*ids.shape, 16)
@@ -126,7 +126,7 @@ def test_pooling_taught_in_02_agrees_with_the_library(tokenizer):
 
 
 def test_two_tower_taught_in_02_is_the_core_of_the_dual_encoder(tokenizer):
-    from siamese_utils.models import build_model
+    from siamese_utils.core.models import build_model
 
     torch.manual_seed(0)
     model = build_model(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8).eval()
@@ -155,7 +155,7 @@ def _batch_with_duplicates(seed, batch=12, dim=8):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_losses_taught_in_03_agree_with_the_library(seed):
-    from siamese_utils import losses
+    from siamese_utils.core import losses
 
     hinge_loss = _definitions(NB03, "hinge_loss")
     info_nce = _definitions(NB03, "info_nce")
@@ -183,11 +183,11 @@ def test_losses_taught_in_03_agree_with_the_library(seed):
 
 
 def test_training_loop_taught_in_03_trains_like_the_library(small_tiny, tokenizer):
-    """The notebook's train_one_epoch and siamese_utils.train.train_one_epoch reach the same weights."""
-    from siamese_utils import losses
-    from siamese_utils import train as T
-    from siamese_utils.data import Collator, make_loader, read_dataset
-    from siamese_utils.models import ModelConfig, build_model
+    """The notebook's train_one_epoch and siamese_utils.core.train.train_one_epoch reach the same weights."""
+    from siamese_utils.core import losses
+    from siamese_utils.core import train as T
+    from siamese_utils.core.data import Collator, make_loader, read_dataset
+    from siamese_utils.core.models import ModelConfig, build_model
 
     notebook_loop = _definitions(NB03, "train_one_epoch")
     split = read_dataset(small_tiny).split("train")
@@ -226,7 +226,7 @@ def test_protocol_taught_in_04_agrees_with_the_library(counts):
     """The sorting loop and metrics of chapter 04 equal retrieval_ranks / retrieval_metrics, ties included."""
     import numpy as np
 
-    from siamese_utils.metrics import METRIC_KEYS, retrieval_metrics, retrieval_ranks
+    from siamese_utils.core.metrics import METRIC_KEYS, retrieval_metrics, retrieval_ranks
 
     ranks_by_sorting = _definitions(NB04, "ranks_by_sorting", np=np)
     metrics_from_ranks = _definitions(NB04, "metrics_from_ranks", np=np)
@@ -246,7 +246,7 @@ def test_protocol_taught_in_04_agrees_with_the_library(counts):
 
 def test_fused_scores_in_04_are_the_seed_networks_own():
     """The factorised first fusion layer of chapter 04 gives what the network computes pair by pair."""
-    from siamese_utils.models import SeedSiameseNetwork
+    from siamese_utils.core.models import SeedSiameseNetwork
 
     fused_scores = _definitions(NB04, "fused_scores")
     torch.manual_seed(0)

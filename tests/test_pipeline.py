@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from siamese_utils import data as D
-from siamese_utils import train as T
-from siamese_utils.__main__ import main
-from siamese_utils.data import DatasetError, build_image_cache, read_dataset
-from siamese_utils.models import ModelConfig, build_model
-from siamese_utils.runtime import seed_everything
-from siamese_utils.transforms import CaptionAwareHorizontalFlip
+from siamese_utils.core import data as D
+from siamese_utils.core import train as T
+from siamese_utils.tools.cli import main
+from siamese_utils.core.data import DatasetError, build_image_cache, read_dataset
+from siamese_utils.core.models import ModelConfig, build_model
+from siamese_utils.core.runtime import seed_everything
+from siamese_utils.core.transforms import CaptionAwareHorizontalFlip
 
 SMALL = ModelConfig(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8,
                     vocab_size=30522)

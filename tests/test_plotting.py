@@ -9,8 +9,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from siamese_utils.data import read_dataset  # noqa: E402
-from siamese_utils.plotting import plot_caption_lengths, plot_similarity, show_pairs  # noqa: E402
+from siamese_utils.core.data import read_dataset  # noqa: E402
+from siamese_utils.chapters.plotting import plot_caption_lengths, plot_similarity, show_pairs  # noqa: E402
 
 
 def test_show_pairs_accepts_pil_tensors_and_arrays():
@@ -67,7 +67,7 @@ def test_similarity_heatmap_refuses_mismatched_input():
 
 
 def test_plot_matrices_draws_one_titled_heatmap_per_matrix_centred_when_symmetric():
-    from siamese_utils.plotting import plot_matrices
+    from siamese_utils.chapters.plotting import plot_matrices
 
     fig = plot_matrices({"a": torch.tensor([[1.0, -3.0], [0.5, 0.0]]), "b": np.eye(3)}, title="forces",
                         cmap="RdBu", symmetric=True)
@@ -79,7 +79,7 @@ def test_plot_matrices_draws_one_titled_heatmap_per_matrix_centred_when_symmetri
 
 
 def test_plot_curves_draws_each_curve_and_reference_line():
-    from siamese_utils.plotting import plot_curves
+    from siamese_utils.chapters.plotting import plot_curves
 
     fig = plot_curves({"one": [3, 2, 1], "two": [1, 1]}, title="loss", logy=True, hlines={"margin": 0.4})
     ax = fig.axes[0]
@@ -91,8 +91,8 @@ def test_plot_curves_draws_each_curve_and_reference_line():
 def test_plot_history_shows_loss_temperature_and_recall_per_epoch():
     import pandas as pd
 
-    from siamese_utils.metrics import METRIC_KEYS
-    from siamese_utils.plotting import plot_history
+    from siamese_utils.core.metrics import METRIC_KEYS
+    from siamese_utils.chapters.plotting import plot_history
 
     history = pd.DataFrame([{"epoch": e, "loss": 3.0 / e, "temperature": 0.07 - 0.001 * e,
                              **{f"val_{k}": 10.0 * e for k in METRIC_KEYS}} for e in (1, 2, 3)])
@@ -107,7 +107,7 @@ def _green_cells(fig):
     """Result cells framed in green: image axes by their spines, caption cells by their text box's edge."""
     from matplotlib.colors import to_rgba
 
-    from siamese_utils.plotting import _CORRECT
+    from siamese_utils.chapters.plotting import _CORRECT
 
     green = to_rgba(_CORRECT)
     count = 0
@@ -120,7 +120,7 @@ def _green_cells(fig):
 
 
 def test_plot_retrieval_text_to_image_marks_the_right_images():
-    from siamese_utils.plotting import plot_retrieval
+    from siamese_utils.chapters.plotting import plot_retrieval
 
     images = [Image.new("RGB", (8, 8), (255, 0, 0)), torch.zeros(3, 8, 8), np.zeros((8, 8, 3), dtype=np.uint8)]
     correct = [[False, True, False], [True, False]]
@@ -137,7 +137,7 @@ def test_plot_retrieval_text_to_image_marks_the_right_images():
 
 
 def test_plot_retrieval_image_to_text_boxes_the_right_captions():
-    from siamese_utils.plotting import plot_retrieval
+    from siamese_utils.chapters.plotting import plot_retrieval
 
     queries = [torch.zeros(3, 8, 8), Image.new("RGB", (8, 8))]
     results = [["a cat on a mat", "a dog"], ["a long caption that has to be wrapped over lines", "x", "y"]]
@@ -152,7 +152,7 @@ def test_plot_retrieval_image_to_text_boxes_the_right_captions():
 
 
 def test_plot_retrieval_refuses_mismatched_input():
-    from siamese_utils.plotting import plot_retrieval
+    from siamese_utils.chapters.plotting import plot_retrieval
 
     image = np.zeros((4, 4, 3))
     with pytest.raises(ValueError, match="2 queries but results has 1 rows"):
@@ -170,7 +170,7 @@ def test_plot_retrieval_refuses_mismatched_input():
 
 
 def test_plot_score_distributions_counts_each_kind_of_pair():
-    from siamese_utils.plotting import plot_score_distributions
+    from siamese_utils.chapters.plotting import plot_score_distributions
 
     sim = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.2, 0.3, 0.7, 0.95], [0.1, 0.85, 0.2, 0.3]])
     fig = plot_score_distributions(sim, [0, 0, 1, 1], bins=10, title="scores")
@@ -193,7 +193,7 @@ def test_plot_score_distributions_counts_each_kind_of_pair():
 
 
 def test_plot_rank_histogram_bars_add_up_and_recall_matches_the_ranks():
-    from siamese_utils.plotting import plot_rank_histogram
+    from siamese_utils.chapters.plotting import plot_rank_histogram
 
     i2t = np.array([0, 0, 1, 4, 9, 30])
     t2i = torch.tensor([0, 2, 5, 5, 12, 0, 1, 3])
@@ -219,7 +219,7 @@ def test_plot_rank_histogram_bars_add_up_and_recall_matches_the_ranks():
 
 
 def test_pca_2d_matches_an_eigendecomposition_and_fixes_signs():
-    from siamese_utils.plotting import pca_2d
+    from siamese_utils.chapters.plotting import pca_2d
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1]) + 2.0
@@ -246,7 +246,7 @@ def test_plot_embedding_map_colours_by_image_and_joins_captions_to_images():
     from matplotlib.collections import LineCollection
     from matplotlib.offsetbox import AnnotationBbox
 
-    from siamese_utils.plotting import plot_embedding_map
+    from siamese_utils.chapters.plotting import plot_embedding_map
 
     rng = np.random.default_rng(1)
     img = torch.as_tensor(rng.normal(size=(3, 8)))
@@ -288,8 +288,8 @@ def _close_figures():
 def test_plot_word_importance_draws_one_signed_bar_per_word_and_hatches_unseen_words():
     import pandas as pd
 
-    from siamese_utils.plotting import plot_word_importance
-    from siamese_utils.widgets import WordImportance
+    from siamese_utils.chapters.plotting import plot_word_importance
+    from siamese_utils.chapters.widgets import WordImportance
 
     words = pd.DataFrame({"word": ["a", "pink", "square"], "start": [0, 2, 7], "end": [1, 6, 13],
                           "without": [0.5, 0.6, 0.2], "change": [0.0, -0.1, 0.3]})

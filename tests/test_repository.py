@@ -72,8 +72,16 @@ def test_nothing_excludes_what_colab_ships():
     assert "siamese-image-text[pretrained]" in project["optional-dependencies"]["dev"]
 
 
-MODULES = ["data", "datasets", "transforms", "text", "tiny", "models", "losses", "metrics", "search", "index", "rerank",
-           "train", "distributed", "grid", "plotting", "widgets", "runtime", "notebooks", "reproduce", "assignments"]
+def _library_modules() -> list[str]:
+    import pkgutil
+
+    import siamese_utils
+
+    return sorted(m.name.removeprefix("siamese_utils.") for m in pkgutil.walk_packages(siamese_utils.__path__, "siamese_utils.")
+                  if not m.ispkg and not m.name.endswith("__main__"))
+
+
+MODULES = _library_modules()
 
 
 @pytest.mark.parametrize("module", MODULES)

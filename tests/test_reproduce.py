@@ -14,10 +14,10 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from siamese_utils.__main__ import main
-from siamese_utils.metrics import METRIC_KEYS
-from siamese_utils.notebooks import inject_parameters, parameter_names
-from siamese_utils.reproduce import EXIT_DIFFERENT, EXIT_FAILED, compare_metrics, load_expected, parse_parameters
+from siamese_utils.tools.cli import main
+from siamese_utils.core.metrics import METRIC_KEYS
+from siamese_utils.tools.notebooks import inject_parameters, parameter_names
+from siamese_utils.tools.reproduce import EXIT_DIFFERENT, EXIT_FAILED, compare_metrics, load_expected, parse_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = REPO / "results" / "expected.json"
@@ -261,7 +261,7 @@ def test_refresh_notebooks_runs_the_full_setting_even_under_the_tests(tmp_path, 
 
 
 def test_public_names_point_to_the_readme():
-    for module in ("reproduce", "notebooks"):
+    for module in ("tools.reproduce", "tools.notebooks"):
         mod = importlib.import_module(f"siamese_utils.{module}")
         for name in mod.__all__:
             obj = getattr(mod, name)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from siamese_utils import models as M
-from siamese_utils.metrics import metrics_from_scores, ranks_from_scores
-from siamese_utils.rerank import (
+from siamese_utils.core import models as M
+from siamese_utils.core.metrics import metrics_from_scores, ranks_from_scores
+from siamese_utils.chapters.rerank import (
     CrossAttentionEncoder,
     CrossTrainConfig,
     PairScorer,

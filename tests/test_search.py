@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from siamese_utils.data import load_image, read_dataset
-from siamese_utils.models import ModelConfig, build_model
-from siamese_utils.search import Gallery
-from siamese_utils.train import TrainConfig, encode_split, save_checkpoint
+from siamese_utils.core.data import load_image, read_dataset
+from siamese_utils.core.models import ModelConfig, build_model
+from siamese_utils.core.search import Gallery
+from siamese_utils.core.train import TrainConfig, encode_split, save_checkpoint
 
 SIZE = 16  # small_tiny's images
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from siamese_utils.notebooks import strip_noise
+from siamese_utils.tools.notebooks import strip_noise
 
 REPO = Path(__file__).resolve().parents[1]
 VIEW = "application/vnd.jupyter.widget-view+json"
@@ -50,4 +50,4 @@ def test_the_committed_notebooks_store_no_widget_view_without_its_state():
                 view = output.get("data", {}).get(VIEW)
                 assert view is None or view["model_id"] in models, (
                     f"{path.name}, cell {i + 1}: a widget view whose state is not stored; "
-                    "run strip_noise (siamese_utils.notebooks) on the notebook")
+                    "run strip_noise (siamese_utils.tools.notebooks) on the notebook")

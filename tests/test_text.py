@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
-import siamese_utils.text as text
-from siamese_utils.text import (
+import siamese_utils.core.text as text
+from siamese_utils.core.text import (
     BERT_UNCASED_VOCAB_SIZE,
     load_tokenizer,
     mentions_left_right,

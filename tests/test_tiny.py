@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamese_utils import tiny
-from siamese_utils.data import load_image, read_dataset
-from siamese_utils.tiny import COLOURS, RELATION_WORDS, TinyConfig, write_tiny_dataset
+from siamese_utils.datasets import tiny
+from siamese_utils.core.data import load_image, read_dataset
+from siamese_utils.datasets.tiny import COLOURS, RELATION_WORDS, TinyConfig, write_tiny_dataset
 
 
 def _files(folder: Path) -> dict[str, Path]:

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from siamese_utils import train as T
-from siamese_utils.data import read_dataset
-from siamese_utils.metrics import METRIC_KEYS
-from siamese_utils.models import ModelConfig, build_model
-from siamese_utils.runtime import seed_everything
+from siamese_utils.core import train as T
+from siamese_utils.core.data import read_dataset
+from siamese_utils.core.metrics import METRIC_KEYS
+from siamese_utils.core.models import ModelConfig, build_model
+from siamese_utils.core.runtime import seed_everything
 
 SMALL = ModelConfig(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8,
                     vocab_size=30522)
@@ -270,7 +270,7 @@ def test_saving_is_atomic(tmp_path, monkeypatch):
 
 def test_progress_bar_does_not_change_the_batches(small_tiny, tokenizer):
     """The epoch with a progress bar sees the same batches, in the same order, as a plain loop."""
-    from siamese_utils.data import Collator, make_loader
+    from siamese_utils.core.data import Collator, make_loader
 
     split = read_dataset(small_tiny).split("train")
     dataset = T.PairTensors(T.prepare_images(split, 16), split.captions, split.txt_to_img)
@@ -302,7 +302,7 @@ def test_freezing_after_building_keeps_the_config_and_the_feature_cache_in_step(
 
 
 def test_fit_with_checkpoints_needs_a_model_built_from_a_config(small_tiny, tokenizer, tmp_path):
-    from siamese_utils.models import DualEncoder
+    from siamese_utils.core.models import DualEncoder
 
     reference = build_model(SMALL)
     bare = DualEncoder(reference.image_tower, reference.text_tower, embed_dim=16)

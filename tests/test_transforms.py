@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from siamese_utils.data import load_image, read_dataset
-from siamese_utils.tiny import COLOURS
-from siamese_utils.transforms import (
+from siamese_utils.core.data import load_image, read_dataset
+from siamese_utils.datasets.tiny import COLOURS
+from siamese_utils.core.transforms import (
     CaptionAwareHorizontalFlip,
     ImageTextTransform,
     ImageTransformConfig,

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from siamese_utils.data import read_dataset
-from siamese_utils.models import ModelConfig, build_model
-from siamese_utils.search import Gallery
-from siamese_utils.widgets import (EmbeddingExplorer, ImageSearchPanel, SearchPanel, TextSearchPanel, check_query,
+from siamese_utils.core.data import read_dataset
+from siamese_utils.core.models import ModelConfig, build_model
+from siamese_utils.core.search import Gallery
+from siamese_utils.chapters.widgets import (EmbeddingExplorer, ImageSearchPanel, SearchPanel, TextSearchPanel, check_query,
                                    read_upload, seen_token_ids, word_importance)
 
 SIZE = 16
@@ -117,8 +117,8 @@ def test_the_panel_asks_the_tower_registry_whether_word_vectors_were_pretrained(
     """A BERT model's user must not be told that its word vectors are untrained (a list of names once said so)."""
     from types import SimpleNamespace
 
-    from siamese_utils.models import TEXT_TOWERS
-    from siamese_utils.widgets import _is_pretrained_text
+    from siamese_utils.core.models import TEXT_TOWERS
+    from siamese_utils.chapters.widgets import _is_pretrained_text
 
     assert TEXT_TOWERS[text_tower].pretrained_words is knows_words
     assert _is_pretrained_text(SimpleNamespace(config=SimpleNamespace(text_tower=text_tower))) is knows_words
@@ -401,7 +401,7 @@ def test_executed_notebooks_keep_no_widget_state():
 
     import nbformat
 
-    from siamese_utils.notebooks import strip_noise
+    from siamese_utils.tools.notebooks import strip_noise
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"abc": {}}}}

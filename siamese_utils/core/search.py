@@ -48,7 +48,7 @@ class Gallery:
 
     ``img_emb`` ``(N, D)`` and ``txt_emb`` ``(M, D)`` hold the unit embeddings
     of the split's images and captions (in ``split.captions`` order), on the
-    CPU. ``images`` (from :func:`~siamese_utils.train.prepare_images`) skips
+    CPU. ``images`` (from :func:`~siamese_utils.core.train.prepare_images`) skips
     decoding the split again.
 
     Explained in ``notebooks/04_evaluation.ipynb``.
@@ -76,8 +76,8 @@ class Gallery:
         """Load the model of a checkpoint (or run folder) and encode ``split`` at the settings it was trained with.
 
         Image size, caption length and batch size come from the checkpoint's
-        training settings (the defaults of :class:`~siamese_utils.train.TrainConfig`
-        when it has none); ``tokenizer`` defaults to :func:`~siamese_utils.text.load_tokenizer`.
+        training settings (the defaults of :class:`~siamese_utils.core.train.TrainConfig`
+        when it has none); ``tokenizer`` defaults to :func:`~siamese_utils.core.text.load_tokenizer`.
 
         Explained in ``notebooks/04_evaluation.ipynb``.
         """
@@ -113,7 +113,7 @@ class Gallery:
         """The unit embedding ``(D,)`` of a PIL image, an image file, or (index) an image of the split.
 
         Files and PIL images are resized and normalised as
-        :func:`~siamese_utils.train.prepare_images` does; an index returns that
+        :func:`~siamese_utils.core.train.prepare_images` does; an index returns that
         image's row of ``img_emb``.
 
         Explained in ``notebooks/04_evaluation.ipynb``.

@@ -5,7 +5,7 @@ and contrastive losses over the *global* batch.
 the program and tells each its place through the environment (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
 :func:`init_from_env` joins them into one process group (NCCL on CUDA, Gloo on
-the CPU); :func:`siamese_utils.train.fit` then wraps the model in
+the CPU); :func:`siamese_utils.core.train.fit` then wraps the model in
 ``DistributedDataParallel`` and gives each process a disjoint share of every
 epoch.
 
@@ -39,7 +39,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from .losses import contrastive_loss
+from ...core.losses import contrastive_loss
 
 __all__ = [
     "DistributedContext",
@@ -209,7 +209,7 @@ def _all_gather_plain(tensor: torch.Tensor) -> torch.Tensor:
 
 def gathered_contrastive_loss(name: str, img_emb: torch.Tensor, txt_emb: torch.Tensor,
                               image_index: torch.Tensor | None = None, **options) -> torch.Tensor:
-    """:func:`siamese_utils.losses.contrastive_loss` on the global batch gathered from every process.
+    """:func:`siamese_utils.core.losses.contrastive_loss` on the global batch gathered from every process.
 
     Embeddings are gathered with gradients (:func:`all_gather_with_grad`),
     ``image_index`` without (captions of one image on two processes are still

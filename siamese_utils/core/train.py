@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from ..chapters.scaling import distributed
 from .data import (IMAGE_PIPELINES, CaptionedImages, Collator, ImageDataset, StreamedImages, build_image_cache,
                    make_loader, shutdown_workers)
 from .losses import LOSSES, contrastive_loss
@@ -69,7 +69,7 @@ class TrainConfig:
     """Everything about *how* a dual encoder is trained, as plain data (stored in checkpoints).
 
     - ``loss``: ``"infonce"``, ``"hinge"``, ``"hardest"`` or ``"cosine"``
-      (see :data:`siamese_utils.losses.LOSSES`); ``margin`` overrides the hinge
+      (see :data:`siamese_utils.core.losses.LOSSES`); ``margin`` overrides the hinge
       and cosine losses' own; ``hardest_warmup_epochs``: epochs of the summed
       hinge loss before ``"hardest"`` switches to the hardest negative;
     - ``num_epochs``, ``batch_size``, ``lr``, ``weight_decay`` (AdamW; not
@@ -86,7 +86,7 @@ class TrainConfig:
     - ``seed``; ``num_workers`` for the DataLoader; ``amp``: mixed precision
       (used on CUDA only); ``eval_batch_size``;
     - scaling up (``notebooks/08_scaling_up.ipynb``): ``images``, the image
-      pipeline (see :data:`siamese_utils.data.IMAGE_PIPELINES`): ``"memory"``
+      pipeline (see :data:`siamese_utils.core.data.IMAGE_PIPELINES`): ``"memory"``
       decodes every image once into RAM, ``"disk"`` once into a uint8 cache
       file read per batch, ``"stream"`` in the loader every epoch; all three
       give the same pixels. ``persistent_workers`` keeps the loader's workers
@@ -217,9 +217,9 @@ class PairTensors(torch.utils.data.Dataset):
     """(image, caption) pairs over images held as one tensor: one item per caption.
 
     ``images`` holds either pixels ``(N, 3, S, S)`` (then ``flip``, a
-    :class:`~siamese_utils.transforms.CaptionAwareHorizontalFlip`, may mirror a
+    :class:`~siamese_utils.core.transforms.CaptionAwareHorizontalFlip`, may mirror a
     pair and fix its caption) or an image tower's cached features ``(N, F)``.
-    Items are what :class:`~siamese_utils.data.Collator` batches.
+    Items are what :class:`~siamese_utils.core.data.Collator` batches.
 
     Explained in ``notebooks/03_contrastive_training.ipynb``.
     """
@@ -259,10 +259,10 @@ def load_split_images(split: CaptionedImages, config: TrainConfig, cache_dir: st
     """The images of ``split`` as ``config.images`` asks: an ``(N, 3, S, S)`` tensor or a lazy equivalent.
 
     ``"memory"``: :func:`prepare_images`; ``"disk"``: a
-    :class:`~siamese_utils.data.DiskImages` over the cache that
-    :func:`~siamese_utils.data.build_image_cache` keeps in ``cache_dir``
+    :class:`~siamese_utils.core.data.DiskImages` over the cache that
+    :func:`~siamese_utils.core.data.build_image_cache` keeps in ``cache_dir``
     (built with ``config.num_workers`` processes); ``"stream"``: a
-    :class:`~siamese_utils.data.StreamedImages`. Indexing any of them gives
+    :class:`~siamese_utils.core.data.StreamedImages`. Indexing any of them gives
     the same normalised pixels.
 
     Explained in ``notebooks/08_scaling_up.ipynb``.
@@ -359,7 +359,7 @@ class TrainStep(torch.nn.Module):
     Wrapping the model in this module lets ``DistributedDataParallel`` see
     every parameter the loss depends on (the towers *and* the temperature).
     Under a process group the loss is computed on the batch gathered from
-    all processes (:func:`siamese_utils.distributed.gathered_contrastive_loss`);
+    all processes (:func:`siamese_utils.chapters.scaling.distributed.gathered_contrastive_loss`);
     otherwise it is the plain loss of the local batch. With
     ``config.channels_last`` images are passed in NHWC memory order; with
     ``config.compile`` the towers' encoders are compiled.
@@ -394,7 +394,7 @@ class TrainStep(torch.nn.Module):
                                    f"({first}); train without compiling (--compile off, compile=False)") from e
             raise
         self._first_call = False
-        # Under a process group, the global batch (see siamese_utils.distributed.gathered_contrastive_loss).
+        # Under a process group, the global batch (see siamese_utils.chapters.scaling.distributed.gathered_contrastive_loss).
         img_emb, txt_emb, image_index = distributed.gather_pairs(img_emb.float(), txt_emb.float(), image_index)
         return contrastive_loss(self.config.loss, img_emb, txt_emb, image_index, logit_scale=self.model.logit_scale,
                                 margin=self.config.margin, hardest=hardest, generator=generator)
@@ -648,9 +648,9 @@ def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedIm
     rewritten after every epoch. ``stop_after`` ends the run early after that
     many epochs in total (as if interrupted). ``log`` receives one line per
     epoch (``None``: silent). ``cache_dir``: where ``images="disk"`` keeps its
-    cache (default: :func:`siamese_utils.data.default_cache_dir`).
+    cache (default: :func:`siamese_utils.core.data.default_cache_dir`).
 
-    Under a process group (``torchrun``, see :mod:`siamese_utils.distributed`)
+    Under a process group (``torchrun``, see :mod:`siamese_utils.chapters.scaling.distributed`)
     the model is wrapped in ``DistributedDataParallel``, a
     ``DistributedSampler`` reshuffled every epoch gives each process a
     disjoint ``1/N`` of the pairs (``batch_size / N`` per step), the loss is

@@ -1,7 +1,7 @@
 """Two-stage retrieval: a dual encoder finds the top-k, a cross-encoder reorders them.
 
 The design of ALBEF and BLIP. A cross-encoder (here
-:class:`~siamese_utils.models.CrossAttentionEncoder`, whose caption tokens
+:class:`~siamese_utils.core.models.CrossAttentionEncoder`, whose caption tokens
 attend over image regions) judges one (image, caption) pair better than two
 independent vectors can, but it must run once per pair: a whole gallery costs
 N x M passes. A dual encoder costs one pass per image and per caption. So the
@@ -19,7 +19,7 @@ dual encoder ranks everything and the cross-encoder rescores only each query's
 - Scoring (:class:`PairScorer`, :func:`score_all_pairs`) and reranking
   (:func:`rerank`, :class:`Reranked`): a score matrix per direction in which the
   reranked candidates sit above every other candidate, so that
-  :func:`~siamese_utils.metrics.metrics_from_scores` gives Recall@K with the
+  :func:`~siamese_utils.core.metrics.metrics_from_scores` gives Recall@K with the
   project's tie rule.
 
 Explained in ``notebooks/06_reranking.ipynb``.
@@ -37,11 +37,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .data import Collator
-from .metrics import METRIC_KEYS, metrics_from_scores
-from .models import CrossAttentionEncoder, image_regions
-from .runtime import seed_everything
-from .train import make_scheduler
+from ..core.data import Collator
+from ..core.metrics import METRIC_KEYS, metrics_from_scores
+from ..core.models import CrossAttentionEncoder, image_regions
+from ..core.runtime import seed_everything
+from ..core.train import make_scheduler
 
 __all__ = [
     "CrossAttentionEncoder",
@@ -274,7 +274,7 @@ def train_cross_encoder(cross: CrossAttentionEncoder, regions: torch.Tensor, cap
     """Train ``cross`` on ``pairs`` with binary cross-entropy; returns one row per epoch (``loss``, ``seconds``).
 
     ``regions`` are the images' features, computed once
-    (:func:`~siamese_utils.models.image_regions` of a frozen tower), indexed by
+    (:func:`~siamese_utils.core.models.image_regions` of a frozen tower), indexed by
     ``pairs.image``; ``captions`` are indexed by ``pairs.caption``. The pairs
     are shuffled every epoch from a generator seeded by ``(config.seed,
     epoch)``, so a run repeats. The image tower, if any, is not trained.
@@ -350,7 +350,7 @@ class PairScorer:
 
     The unimodal parts are computed once, here: every image's projected
     regions and every caption's projected token states. A call then runs only
-    the per-pair fusion (:meth:`~siamese_utils.models.CrossAttentionEncoder.fuse`)
+    the per-pair fusion (:meth:`~siamese_utils.core.models.CrossAttentionEncoder.fuse`)
     in batches of ``batch_size`` pairs, and returns float32 logits on the CPU.
     ``pairs_scored`` counts the pairs scored so far.
 
@@ -476,7 +476,7 @@ class Reranked:
     seconds: float
 
     def metrics(self, txt_to_img: Any) -> dict[str, float]:
-        """R@1/5/10, medr, meanr both ways and rsum (keys of :data:`~siamese_utils.metrics.METRIC_KEYS`)."""
+        """R@1/5/10, medr, meanr both ways and rsum (keys of :data:`~siamese_utils.core.metrics.METRIC_KEYS`)."""
         i2t = metrics_from_scores(self.i2t_sim, txt_to_img)
         t2i = metrics_from_scores(self.t2i_sim, txt_to_img)
         out = {key: (i2t if key.startswith("i2t") else t2i)[key] for key in METRIC_KEYS if key != "rsum"}

@@ -206,10 +206,10 @@ def evaluate_run(checkpoint: str | os.PathLike, split, device: Any = "cpu", toke
 
     Explained in ``README.md`` (section "Reproducing the results").
     """
-    from .metrics import retrieval_metrics
-    from .search import _stored_train_config
-    from .text import load_tokenizer
-    from .train import encode_split, load_model
+    from ..core.metrics import retrieval_metrics
+    from ..core.search import _stored_train_config
+    from ..core.text import load_tokenizer
+    from ..core.train import encode_split, load_model
 
     config = _stored_train_config(checkpoint)
     model = load_model(checkpoint, map_location=device)
@@ -228,7 +228,7 @@ def collect_metrics(runs: str | os.PathLike, split, device: Any = "cpu") -> dict
 
     Explained in ``README.md`` (section "Reproducing the results").
     """
-    from .text import load_tokenizer
+    from ..core.text import load_tokenizer
 
     runs = Path(runs)
     folders = sorted({p.parent for p in runs.rglob("model.pt")}) if runs.is_dir() else []
@@ -289,7 +289,7 @@ def load_expected(path: str | os.PathLike, setting: str) -> tuple[dict[str, dict
 
     Explained in ``README.md`` (section "Reproducing the results").
     """
-    from .metrics import METRIC_KEYS
+    from ..core.metrics import METRIC_KEYS
 
     path = Path(path)
     if not path.is_file():
@@ -372,7 +372,7 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align:
 
 
 def _metrics_lines(named: dict[str, dict[str, float]]) -> list[str]:
-    from .metrics import METRIC_KEYS, metrics_table
+    from ..core.metrics import METRIC_KEYS, metrics_table
 
     table = metrics_table(named)  # its columns follow METRIC_KEYS
     header = ["run"] + [f"{top} {sub}".strip() for top, sub in table.columns]
@@ -515,9 +515,9 @@ def reproduce(notebooks: Sequence[str | os.PathLike] | None = None, out: str | o
     import nbformat
     import torch
 
-    from .data import read_dataset
+    from ..core.data import read_dataset
     from .notebooks import SMOKE_VARIABLE, parameter_names, run_notebook
-    from .runtime import choose_device
+    from ..core.runtime import choose_device
 
     log = log or (lambda line: print(line, flush=True))
     out, data = Path(out), Path(data)
@@ -641,7 +641,7 @@ def reproduce(notebooks: Sequence[str | os.PathLike] | None = None, out: str | o
                               for d in differences]}
     (out / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
 
-    from .metrics import format_metrics
+    from ..core.metrics import format_metrics
 
     for run, values in got.items():
         log(f"{run}: {split.name} {format_metrics(values)}")

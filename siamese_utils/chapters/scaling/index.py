@@ -1,7 +1,7 @@
 """Search galleries too big for one score matrix: exact and approximate nearest neighbours with FAISS.
 
-:class:`~siamese_utils.search.Gallery` scores a query against every item with
-one matrix product, and :func:`~siamese_utils.metrics.retrieval_metrics` builds
+:class:`~siamese_utils.core.search.Gallery` scores a query against every item with
+one matrix product, and :func:`~siamese_utils.core.metrics.retrieval_metrics` builds
 the whole ``(Q, N)`` score matrix. Both are right for a test split; neither is
 for a gallery of millions of images, where the score matrix alone of 10,000
 queries against 1,000,000 items takes 40 GB. :class:`EmbeddingIndex` keeps only
@@ -17,7 +17,7 @@ the ``k`` best items of each query:
   :meth:`EmbeddingIndex.recall` measures what it misses.
 
 Embeddings are L2-normalised float32 vectors, so the inner product is the
-cosine similarity, the score :class:`~siamese_utils.search.Gallery` uses.
+cosine similarity, the score :class:`~siamese_utils.core.search.Gallery` uses.
 Between items with exactly equal scores the order is not specified.
 
 Explained in ``notebooks/08_scaling_up.ipynb``.
@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .models import MissingDependencyError
+from ...core.models import MissingDependencyError
 
 __all__ = ["EmbeddingIndex", "faiss_available"]
 

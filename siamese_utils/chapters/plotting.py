@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from ..core.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
 __all__ = [
     "show_pairs",
@@ -250,7 +250,7 @@ def plot_curves(
 def plot_history(history, title: str = "Training"):
     """Three panels from a training history (one row per epoch): loss, temperature, validation recall.
 
-    ``history`` is the DataFrame returned by :func:`siamese_utils.train.fit`
+    ``history`` is the DataFrame returned by :func:`siamese_utils.core.train.fit`
     (or read from a run's ``history.csv``).
 
     Explained in ``notebooks/03_contrastive_training.ipynb``.
@@ -475,7 +475,7 @@ def plot_rank_histogram(i2t_ranks, t2i_ranks, title: str = "Where the right answ
     """Two panels: (a) how often the right answer lands at rank 1, 2, 3–5, ... and (b) R@K against K.
 
     The ranks are 0-based, one per query, as returned by
-    :func:`siamese_utils.metrics.retrieval_ranks`. Panel (a) groups the
+    :func:`siamese_utils.core.metrics.retrieval_ranks`. Panel (a) groups the
     1-based ranks into bins (bins past the largest rank are dropped), as
     percentages of each direction's queries; panel (b) draws R@K, the percent
     of queries whose right answer is in the top K, on a log K axis, with R@1,
@@ -660,7 +660,7 @@ def plot_embedding_map(
 def plot_word_importance(importance, unseen: Sequence[str] = (), title: str | None = None):
     """One bar per word of a caption: how much its score with an image drops when the word is left out.
 
-    ``importance`` is a :class:`~siamese_utils.widgets.WordImportance` (or
+    ``importance`` is a :class:`~siamese_utils.chapters.widgets.WordImportance` (or
     anything with ``caption``, ``score`` and a ``words`` table with ``word``
     and ``change`` columns). Red bars (to the right) support the match, blue
     ones speak against it; ``unseen`` words (never in a training caption) are
@@ -699,7 +699,7 @@ _FACTOR_COLOURS = {"default": "#4d4d4d", "loss": "#4c72b0", "text tower": "#dd84
 def plot_grid(results, title: str = "One factor at a time, several seeds"):
     """A comparison grid at a glance: test rsum and training time per variant, every seed shown.
 
-    ``results`` is the frame of :func:`siamese_utils.grid.run_grid` (one row per
+    ``results`` is the frame of :func:`siamese_utils.chapters.comparisons.run_grid` (one row per
     run). Left: each run's rsum as a dot, the mean as a bar, the default's mean
     as a dashed line, so a difference can be judged against the spread of the
     seeds. Right: training time of the fastest seed (log scale). Colours mark the factor varied.

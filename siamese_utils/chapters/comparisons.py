@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import CaptionedImages
-from .metrics import METRIC_KEYS
-from .models import ModelConfig, build_model
-from .runtime import seed_everything
-from .train import DEFAULT_MODEL, TrainConfig, _atomic_write, evaluate, fit
+from ..core.data import CaptionedImages
+from ..core.metrics import METRIC_KEYS
+from ..core.models import ModelConfig, build_model
+from ..core.runtime import seed_everything
+from ..core.train import DEFAULT_MODEL, TrainConfig, _atomic_write, evaluate, fit
 
 __all__ = ["Variant", "GridError", "commenter_grid", "run_grid", "read_grid", "summarize_grid", "format_summary"]
 
@@ -178,7 +178,7 @@ def run_grid(variants: Sequence[Variant], train_split: CaptionedImages, val_spli
     """Train and test every variant with every seed; one row per run, appended to ``out`` as it finishes.
 
     Each run seeds everything with its seed, builds the model, trains it with
-    :func:`siamese_utils.train.fit` on ``train_split`` (its first
+    :func:`siamese_utils.core.train.fit` on ``train_split`` (its first
     ``train_images`` images if given), keeps the last epoch, and reports the
     test metrics, the validation rsum after each epoch and the wall time of
     training. With ``out`` (a CSV), a run whose variant, seed, settings and data

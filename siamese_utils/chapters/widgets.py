@@ -1,7 +1,7 @@
 """Play with a trained dual encoder: a search panel both ways, "why this match", and a map of the shared space.
 
 The panels are ipywidgets (8 in JupyterLab, 7.7 in Google Colab) over a
-:class:`~siamese_utils.search.Gallery`, which encodes its split once; a query
+:class:`~siamese_utils.core.search.Gallery`, which encodes its split once; a query
 then costs one pass through one tower and a matrix product, and the page is
 redrawn from cached thumbnails. Every panel also draws itself as a static
 matplotlib figure (``snapshot``), so a notebook executed without a browser
@@ -29,9 +29,9 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import load_image, to_rgb
-from .models import TEXT_TOWERS
-from .search import Gallery
+from ..core.data import load_image, to_rgb
+from ..core.models import TEXT_TOWERS
+from ..core.search import Gallery
 
 __all__ = [
     "seen_token_ids",
@@ -472,7 +472,7 @@ class TextSearchPanel(_Panel):
         self.why_view.value = self.importance.to_html(self.check.unseen)
 
     def snapshot(self) -> list:
-        """The current results as :func:`~siamese_utils.plotting.plot_retrieval` draws them, and the word bars."""
+        """The current results as :func:`~siamese_utils.chapters.plotting.plot_retrieval` draws them, and the word bars."""
         from .plotting import plot_retrieval, plot_word_importance
 
         if self.check.empty or self.results.empty:
@@ -582,7 +582,7 @@ class ImageSearchPanel(_Panel):
                                    f'{"".join(rows)}</table>')
 
     def snapshot(self) -> list:
-        """The current results as :func:`~siamese_utils.plotting.plot_retrieval` draws them."""
+        """The current results as :func:`~siamese_utils.chapters.plotting.plot_retrieval` draws them."""
         from .plotting import plot_retrieval
 
         query = self.query_image if isinstance(self.query_image, Image.Image) else self.thumbs.pil(self.query_image)
@@ -705,7 +705,7 @@ class EmbeddingExplorer(_Panel):
                                  f"{_img_tag(self.thumbs[int(row['image'])], 96, row['filename'])}")
 
     def snapshot(self) -> list:
-        """The map as :func:`~siamese_utils.plotting.plot_embedding_map` draws it, the selection ringed."""
+        """The map as :func:`~siamese_utils.chapters.plotting.plot_embedding_map` draws it, the selection ringed."""
         from .plotting import plot_embedding_map, pca_2d
 
         g = self.gallery

@@ -514,7 +514,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
 
     ``transform(image, caption) -> (image, caption)`` is applied to each pair
     together, so that an augmentation can keep the caption true (see
-    :class:`siamese_utils.transforms.ImageTextTransform`). Images are decoded once
+    :class:`siamese_utils.core.transforms.ImageTextTransform`). Images are decoded once
     and cached in memory when ``cache_images`` is true (default: for splits of at
     most 2,000 images).
 

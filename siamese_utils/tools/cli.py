@@ -1,0 +1,674 @@
+"""Command line: ``python -m siamese_utils COMMAND ...`` (or ``siamese-utils COMMAND``).
+
+Commands:
+
+- ``make-tiny``: write the tiny synthetic dataset (``data/tiny``);
+- ``info``: read a dataset folder, print its splits, optionally decode every image;
+- ``download``: fetch Flickr8k, Flickr30k or COCO with Karpathy's splits, verified, into ``data/NAME``;
+- ``model``: build a dual encoder from its settings and print its parts, weights and sizes;
+- ``train``: train a dual encoder on a dataset folder, with a checkpoint after every epoch;
+- ``evaluate``: retrieval metrics of a trained model on one split (a table, or JSON);
+- ``search``: the best images for a caption, or the best captions for an image;
+- ``assignments``: write the student notebooks and their autograder, or grade a submission;
+- ``refresh-notebooks``: re-execute notebooks in place, so stored outputs are one in-order run;
+- ``reproduce``: execute every notebook on a copy, evaluate what they train, compare, write a report;
+- ``grid``: chapter 05's comparison of losses and towers, several seeds per variant, results in one CSV.
+
+Explained in ``notebooks/01_preprocessing.ipynb`` (data commands) and
+``notebooks/02_model_construction.ipynb`` (``model``) and
+``notebooks/03_contrastive_training.ipynb`` (``train``) and
+``notebooks/04_evaluation.ipynb`` (``evaluate``, ``search``) and ``README.md``
+(``assignments``, ``refresh-notebooks``, ``reproduce``) and
+``notebooks/05_losses_and_encoders.ipynb`` (``grid``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["build_parser", "main"]
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..core.data import DatasetError, read_dataset
+from ..datasets.tiny import TinyConfig, write_tiny_dataset
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    config = TinyConfig(
+        seed=args.seed,
+        image_size=args.image_size,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test=args.num_test,
+    )
+    out = write_tiny_dataset(args.out, config, overwrite=args.overwrite)
+    data = read_dataset(out)
+    print(f"wrote {out}: {len(data)} images, {data.num_captions} captions (seed {args.seed})")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    data = read_dataset(args.data)
+    print(f"{data.source}: {len(data)} images, {data.num_captions} captions")
+    print(data.summary().to_string())
+    if args.check_images:
+        data.check_images(progress=sys.stderr.isatty())
+        print(f"all {len(data)} images decode")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from ..datasets.registry import DATASETS, DownloadError, UnsafeArchiveError, download, registry_table
+
+    if args.list:
+        print(registry_table().to_string())
+        return 0
+    if args.name is None:
+        raise ValueError(f"give a dataset NAME or --list; known: {', '.join(DATASETS)}")
+    try:
+        out = download(args.name, args.root, mirror=args.mirror,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    except (DownloadError, UnsafeArchiveError) as e:  # the download failed: exit 1, unlike bad input (2)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    data = read_dataset(out, check_files=False)
+    print(f"{out}: {len(data)} images, {data.num_captions} captions")
+    print(data.summary().to_string())
+    return 0
+
+
+def _model(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ..core.models import ModelConfig, build_model
+
+    config = ModelConfig(
+        image_tower=args.image_tower,
+        text_tower=args.text_tower,
+        pretrained=args.pretrained,
+        embed_dim=args.embed_dim,
+        projection=args.projection,
+        freeze_image=args.freeze_image,
+        freeze_text=args.freeze_text,
+    )
+    model = build_model(config)
+    table = model.describe(image_size=args.image_size)
+    for column in ("parameters", "trainable"):
+        table[column] = table[column].map("{:,}".format)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print(table.to_string())
+    return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+# Settings of `train` that a resumed run must not change; None = not given on the command line.
+_TRAIN_FLAGS = {"loss": "loss", "epochs": "num_epochs", "batch_size": "batch_size", "lr": "lr",
+                "pretrained_lr": "pretrained_lr",
+                "image_size": "image_size", "seed": "seed", "margin": "margin", "images": "images",
+                "channels_last": "channels_last", "compile": "compile", "persistent_workers": "persistent_workers",
+                "prefetch_factor": "prefetch_factor"}
+_MODEL_FLAGS = {"image_encoder": "image_tower", "text_encoder": "text_tower", "embed_dim": "embed_dim",
+                "pretrained": "pretrained", "freeze_image": "freeze_image", "freeze_text": "freeze_text",
+                "word_dim": "word_dim", "text_hidden": "text_hidden"}
+_OFFLINE_IMAGE_WEIGHTS = ("efficientnet_lite0",)
+
+
+def _writable_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to the output folder {out} ({e.strerror or e}); choose another --out") from None
+
+
+def _compile_backend(text: str) -> bool | str:
+    """``--compile BACKEND``: a torch.compile backend's name, or off / on."""
+    lowered = text.strip().lower()
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    if lowered in ("on", "true", "yes", "1", "default"):
+        return True
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch.compile backend; use one of {', '.join(known)}")
+    return text
+
+
+def _train_settings(args: argparse.Namespace, out: Path):
+    """The model and training configs of this run: from the flags, or from the run being resumed."""
+    from ..core.models import ModelConfig
+    from ..core.train import DEFAULT_MODEL, TrainConfig
+
+    given_model = {key: getattr(args, flag) for flag, key in _MODEL_FLAGS.items() if getattr(args, flag) is not None}
+    given_train = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    if args.resume:
+        stored = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
+        if stored is None:
+            raise ValueError(f"{out / 'config.json'} is missing: nothing to resume there; start a run without --resume")
+        if Path(stored["data"]).resolve() != Path(args.data).resolve():
+            raise ValueError(f"--data {args.data} is not the dataset of the run being resumed ({stored['data']}, in "
+                             f"{out / 'config.json'}); resume with that dataset, or train a new run in another --out")
+        model_config = ModelConfig.from_dict(stored["model"])
+        train_config = TrainConfig.from_dict(stored["train"])
+        for given, config, flags in ((given_model, model_config.to_dict(), _MODEL_FLAGS),
+                                     (given_train, train_config.to_dict(), _TRAIN_FLAGS)):
+            for key, value in given.items():
+                if config[key] != value:
+                    flag = "--" + next(f for f, k in flags.items() if k == key).replace("_", "-")
+                    raise ValueError(f"{flag} {value} differs from the run being resumed ({config[key]}, in "
+                                     f"{out / 'config.json'}); resume without it, or train a new run in another --out")
+        return model_config, train_config
+
+    image_tower = given_model.get("image_tower", DEFAULT_MODEL.image_tower)
+    pretrained = given_model.get("pretrained", image_tower in _OFFLINE_IMAGE_WEIGHTS)
+    # Locked-image tuning by default only where the ImageNet weights are sure to be there (offline packages):
+    # a ResNet asked for with --pretrained may fall back to random weights offline, and must not stay frozen.
+    freeze_image = given_model.get("freeze_image", pretrained and image_tower in _OFFLINE_IMAGE_WEIGHTS)
+    if freeze_image and not pretrained:
+        raise ValueError(f"--freeze-image would keep a randomly initialised {image_tower} fixed; "
+                         "add --pretrained, or drop --freeze-image")
+    model_config = ModelConfig.from_dict({**DEFAULT_MODEL.to_dict(), **given_model, "image_tower": image_tower,
+                                          "pretrained": pretrained, "freeze_image": freeze_image})
+    train_config = TrainConfig(**given_train, num_workers=args.workers)
+    return model_config, train_config
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..chapters.scaling.distributed import process_group
+    from ..core.metrics import format_metrics
+    from ..core.runtime import choose_device, seed_everything
+    from ..core.text import load_tokenizer
+    from ..core.train import evaluate, fit
+
+    out: Path = args.out
+    if args.resume and not (out / "model.pt").is_file():
+        raise ValueError(f"--resume: {out / 'model.pt'} does not exist; start the run without --resume")
+    if not args.resume and (out / "model.pt").exists():
+        raise FileExistsError(f"{out} already holds a run (model.pt); pass --resume to continue it, "
+                              "or choose another --out")
+    data = read_dataset(args.data)
+    splits = {name: data.split(name) for name in ("train", "val", "test")}
+    empty = [name for name, split in splits.items() if len(split) == 0]
+    if empty:
+        raise ValueError(f"{data.source} has no images in the {' and '.join(empty)} split(s); "
+                         "train needs train, val and test splits")
+    model_config, train_config = _train_settings(args, out)
+    try:
+        device = choose_device(args.device)
+    except RuntimeError as e:  # an unknown or unavailable device
+        raise ValueError(f"--device {args.device}: {str(e).splitlines()[0]}") from None
+    # Under torchrun: one process per GPU (or several CPU processes); rank 0 alone writes and prints.
+    with process_group(device) as ctx:
+        device, main = ctx.device, ctx.is_main
+        if main:
+            _writable_folder(out)
+        config = {"model": model_config.to_dict(), "train": train_config.to_dict(), "data": str(args.data)}
+        if not args.resume and main:
+            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+        from ..core.models import build_model
+
+        seed_everything(train_config.seed)
+        model = build_model(model_config)
+        tokenizer = load_tokenizer()
+        progress = sys.stderr.isatty()
+        if main:
+            workers = f", {ctx.world_size} processes ({ctx.backend})" if ctx.world_size > 1 else ""
+            print(f"training on {device}{workers}: {model_config.image_tower} + {model_config.text_tower}, loss "
+                  f"{train_config.loss}, {train_config.num_epochs} epochs -> {out}", flush=True)
+        try:
+            result = fit(model, splits["train"], splits["val"], train_config, tokenizer, device=device, out_dir=out,
+                         resume=args.resume, progress=progress, log=lambda line: print(line, flush=True),
+                         cache_dir=args.cache_dir)
+        except KeyboardInterrupt:
+            if main:
+                print(f"interrupted; {out / 'model.pt'} holds the last finished epoch: continue with --resume",
+                      file=sys.stderr)
+            return 130
+        if not main:
+            return 0
+        options = {"image_size": train_config.image_size, "max_length": train_config.max_length,
+                   "batch_size": train_config.eval_batch_size}
+        metrics = {"val": result.val_metrics,
+                   "test": evaluate(result.model, splits["test"], tokenizer, device, **options)}
+        tmp = out / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(tmp, out / "metrics.json")
+        print(f"test {format_metrics(metrics['test'])}")
+        print(f"wrote {out / 'model.pt'}, config.json, history.csv, metrics.json")
+        return 0
+
+
+def _device(name: str | None):
+    from ..core.runtime import choose_device
+
+    try:
+        return choose_device(name)
+    except RuntimeError as e:  # an unknown or unavailable device
+        raise ValueError(f"--device {name}: {str(e).splitlines()[0]}") from None
+
+
+def _read_split(data_dir: Path, name: str):
+    data = read_dataset(data_dir)
+    split = data.split(name)
+    if len(split) == 0:
+        raise ValueError(f"{data.source} has no images in the {name} split; choose another --split")
+    return split
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .reproduce import evaluate_run
+    from ..core.search import _stored_train_config
+
+    _stored_train_config(args.checkpoint)  # a missing or broken checkpoint fails here, before the data is read
+    split = _read_split(args.data, args.split)
+    if len(split) % args.folds:
+        raise ValueError(f"--folds {args.folds}: the {args.split} split has {len(split)} images, which do not split "
+                         f"into {args.folds} equal folds; choose a number of folds that divides {len(split)}")
+    # Encoded with the settings `train` evaluates its test split with, so that metrics.json is reproduced exactly.
+    metrics = evaluate_run(args.checkpoint, split, _device(args.device), folds=args.folds)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    per_fold = f", averaged over {args.folds} folds of {len(split) // args.folds} images" if args.folds > 1 else ""
+    print(f"{args.checkpoint}: {args.split} split of {split.source} ({len(split)} images, "
+          f"{split.num_captions} captions{per_fold})")
+    print(f"{'':<12}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'medr':>7}{'meanr':>8}")
+    for label, d in (("image->text", "i2t"), ("text->image", "t2i")):
+        recalls = "".join(f"{metrics[f'{d}_r{k}']:>7.1f}" for k in (1, 5, 10))
+        print(f"{label:<12}{recalls}{metrics[f'{d}_medr']:>7.1f}{metrics[f'{d}_meanr']:>8.2f}")
+    print(f"rsum {metrics['rsum']:.1f}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ..core.search import Gallery
+
+    if args.k < 1:
+        raise ValueError(f"-k {args.k}: ask for at least 1 result")
+    if args.image is None and not args.caption.strip():
+        raise ValueError("the caption is empty: give a caption to search for, or --image PATH")
+    if args.image is not None:
+        Gallery._read(args.image)  # an unreadable image fails before the split is encoded
+    split = _read_split(args.data, args.split)
+    gallery = Gallery.from_checkpoint(args.checkpoint, split, device=_device(args.device))
+    if args.image is None:
+        found = gallery.search_text(args.caption, args.k)
+        print(f"top {len(found)} of {len(split)} {args.split} images for \"{args.caption.strip()}\":")
+        rows = [(r.rank, r.score, r.filename, r.caption, r.match) for r in found.itertuples()]
+        header, mark = ("filename", "first caption"), "* = an image this caption belongs to"
+        own = any(args.caption.strip() in r.captions for r in split)
+        missing = f"(no image this caption belongs to is in the top {args.k})"
+    else:
+        found = gallery.search_image(args.image, args.k)
+        print(f"top {len(found)} of {split.num_captions} {args.split} captions for the image {args.image}:")
+        rows = [(r.rank, r.score, split[r.image].name, r.caption, r.match) for r in found.itertuples()]
+        header, mark = ("image", "caption"), "* = a caption of this image"
+        own = gallery._own_image(args.image) is not None
+        missing = f"(none of this image's captions is in the top {args.k})"
+    width = max(len(header[0]), *(len(r[2]) for r in rows))
+    print(f"rank  score  {header[0]:<{width}}  {header[1]}")
+    for rank, score, name, text, match in rows:
+        print(f"{rank:>4}  {score:.3f}  {name:<{width}}  {text}{'  *' if match else ''}")
+    if own:
+        print(mark if any(r[4] for r in rows) else missing)
+    return 0
+
+
+def _assignments(args: argparse.Namespace) -> int:
+    from .assignments import format_report, grade, write_assignments
+
+    if args.grade is not None:
+        if args.notebooks or args.overwrite:
+            given = "the notebooks " + " ".join(map(str, args.notebooks)) if args.notebooks else "--overwrite"
+            raise ValueError(f"--grade takes one submission and no {given}; to generate, use --out DIR instead")
+        report = grade(args.grade, autograder=args.autograder, quick=args.quick, timeout=args.timeout)
+        print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+        return 0 if report.passed else 1
+    for flag, value in (("--autograder", args.autograder), ("--quick", args.quick), ("--json", args.json)):
+        if value:
+            raise ValueError(f"{flag} applies to --grade SUBMISSION.ipynb only, not to --out")
+    written = write_assignments(args.out, args.notebooks or None, overwrite=args.overwrite)
+    notebooks = [p for p in written if p.parent.name == "release"]
+    print(f"wrote {args.out}: {len(notebooks)} student notebooks in release/, their checks in autograder/, README.md")
+    return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    from .notebooks import execute_notebook
+
+    paths = args.notebooks or sorted(Path("notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        print("error: no notebooks given, and none match notebooks/NN_*.ipynb here", file=sys.stderr)
+        return 2
+    from nbclient.exceptions import CellExecutionError
+
+    from .notebooks import SMOKE_VARIABLE
+
+    print(f"full setting ({SMOKE_VARIABLE} unset in the kernels), as the committed notebooks show", flush=True)
+    for path in paths:
+        print(f"executing {path} ...", flush=True)
+        try:
+            execute_notebook(path, timeout=args.timeout)
+        except CellExecutionError as e:
+            print(f"error: {path} failed; the file was left as it was.\n{e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import parse_parameters, reproduce
+
+    return reproduce(args.notebooks or None, args.out, smoke=args.smoke, data=args.data,
+                     parameters=parse_parameters(args.parameters), threads=args.threads, device=args.device,
+                     timeout=args.timeout, expected=None if args.no_compare else args.expected,
+                     update_expected=args.update_expected, keep_going=args.keep_going)
+
+
+def _grid(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..chapters.comparisons import commenter_grid, format_summary, run_grid, summarize_grid
+    from ..core.text import load_tokenizer
+    from ..core.train import TrainConfig
+
+    grid = commenter_grid(train=TrainConfig(num_epochs=args.epochs, image_size=args.image_size))
+    if args.list:
+        for v in grid:
+            print(f"{v.name:<32} {v.factor:<12} {v.about}")
+        return 0
+    if args.only:
+        known = {v.name: v for v in grid}
+        unknown = [n for n in args.only if n not in known]
+        if unknown:
+            raise ValueError(f"--only {', '.join(map(repr, unknown))}: no such variant; "
+                             f"see --list for the names ({', '.join(known)})")
+        grid = [known[n] for n in args.only]
+    if args.data is None:
+        raise ValueError("--data DIR is needed to run the grid (or --list to see it)")
+    torch.set_num_threads(args.threads)
+    data = read_dataset(args.data)
+    splits = [data.split(name) for name in ("train", "val", "test")]
+    empty = [name for name, split in zip(("train", "val", "test"), splits) if len(split) == 0]
+    if empty:
+        raise ValueError(f"{data.source} has no images in the {' and '.join(empty)} split(s); the grid needs all three")
+    results = run_grid(grid, *splits, load_tokenizer(), seeds=args.seeds, out=args.out,
+                       device=_device(args.device), train_images=args.train_images)
+    print(format_summary(summarize_grid(results)).to_string())
+    print(f"one row per run in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m siamese_utils",
+        description="Image-text matching with a two-tower network: data and model tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("make-tiny", help="write the tiny synthetic dataset")
+    p.add_argument("--out", type=Path, default=Path("data/tiny"), help="folder to write (default: data/tiny)")
+    p.add_argument("--seed", type=int, default=TinyConfig.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=TinyConfig.image_size, help="pixels (default: %(default)s)")
+    for split in ("train", "val", "test"):
+        default = getattr(TinyConfig, f"num_{split}")
+        p.add_argument(f"--num-{split}", type=int, default=default, help=f"{split} images (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace the folder if it exists")
+    p.set_defaults(func=_make_tiny)
+
+    p = sub.add_parser("info", help="read a dataset and print its splits")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
+    p.add_argument("--check-images", action="store_true", help="also decode every image")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("download", help="fetch a real dataset (Flickr8k, Flickr30k, COCO) into ROOT/NAME, verified",
+                       description="Fetch a dataset with Karpathy's splits into ROOT/NAME: archives in ROOT/downloads "
+                       "(resumed if interrupted, checked against published sizes and checksums), extracted safely. "
+                       "Flickr8k and Flickr30k are handed out after a request form: the command prints the steps. "
+                       "Exit 0 on success, 1 if a download or check fails, 2 for bad input or a set to request.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="tiny, flickr8k, flickr30k or coco (see --list)")
+    p.add_argument("--list", action="store_true", help="list the datasets: images per split, sizes, access")
+    p.add_argument("--root", type=Path, default=Path("data"), help="folder of datasets (default: data)")
+    p.add_argument("--mirror", metavar="URL", help="fetch every file as URL/FILENAME instead of its published address")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_download)
+
+    from ..core.models import IMAGE_TOWERS, TEXT_TOWERS, ModelConfig
+
+    p = sub.add_parser("model", help="build a dual encoder and print its parts, weights and sizes")
+    p.add_argument("--image-tower", choices=list(IMAGE_TOWERS), default=ModelConfig.image_tower,
+                   help="(default: %(default)s)")
+    p.add_argument("--text-tower", choices=list(TEXT_TOWERS), default=ModelConfig.text_tower,
+                   help="(default: %(default)s)")
+    p.add_argument("--pretrained", action="store_true", help="ImageNet weights for the image tower where offered")
+    p.add_argument("--embed-dim", type=int, default=ModelConfig.embed_dim, help="shared space (default: %(default)s)")
+    p.add_argument("--projection", choices=["linear", "mlp"], default=ModelConfig.projection,
+                   help="(default: %(default)s)")
+    p.add_argument("--freeze-image", action="store_true", help="keep the image tower fixed (locked-image tuning)")
+    p.add_argument("--freeze-text", action="store_true", help="keep the text tower fixed")
+    p.add_argument("--image-size", type=int, default=64, help="pixels of the probe batch (default: %(default)s)")
+    p.set_defaults(func=_model)
+
+    from ..core.data import IMAGE_PIPELINES
+    from ..core.losses import LOSSES
+    from ..core.train import DEFAULT_MODEL, TrainConfig
+
+    p = sub.add_parser("train", help="train a dual encoder; a checkpoint after every epoch",
+                       description="Train a dual encoder on a dataset folder. The output folder receives model.pt "
+                       "(checkpoint, rewritten every epoch), config.json, history.csv and metrics.json.")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
+    p.add_argument("--out", type=Path, required=True, help="output folder for this run")
+    p.add_argument("--image-encoder", choices=list(IMAGE_TOWERS), default=None,
+                   help=f"image tower (default: {DEFAULT_MODEL.image_tower})")
+    p.add_argument("--text-encoder", choices=list(TEXT_TOWERS), default=None,
+                   help=f"text tower (default: {DEFAULT_MODEL.text_tower})")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="ImageNet weights for the image tower (default: on for efficientnet_lite0, which has them "
+                   "offline)")
+    p.add_argument("--freeze-image", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the image tower fixed and cache its features (default: on for efficientnet_lite0 "
+                   "with its ImageNet weights)")
+    p.add_argument("--freeze-text", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the text tower fixed (default: off)")
+    p.add_argument("--loss", choices=list(LOSSES), default=None, help=f"(default: {TrainConfig.loss})")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"(default: {TrainConfig.num_epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=None, help=f"(default: {TrainConfig.batch_size})")
+    p.add_argument("--lr", type=positive_float, default=None, help=f"peak learning rate (default: {TrainConfig.lr})")
+    p.add_argument("--pretrained-lr", type=positive_float, default=None,
+                   help="learning rate of a fine-tuned pretrained tower's own weights (default: --lr)")
+    p.add_argument("--margin", type=float, default=None, help="margin of the hinge (0.2) or cosine (0.3) loss")
+    p.add_argument("--embed-dim", type=positive_int, default=None, help=f"shared space (default: {DEFAULT_MODEL.embed_dim})")
+    p.add_argument("--word-dim", type=positive_int, default=None,
+                   help="word-vector size of recurrent text towers (default: 300 for GRUs, 768 for seed_lstm)")
+    p.add_argument("--text-hidden", type=positive_int, default=None,
+                   help=f"hidden size of recurrent text towers (default: {DEFAULT_MODEL.text_hidden})")
+    p.add_argument("--image-size", type=positive_int, default=None, help=f"pixels (default: {TrainConfig.image_size})")
+    p.add_argument("--seed", type=int, default=None, help=f"(default: {TrainConfig.seed})")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader worker processes (default: %(default)s)")
+    p.add_argument("--images", choices=list(IMAGE_PIPELINES), default=None,
+                   help="image pipeline: memory (decode once into RAM), disk (decode once into a uint8 cache file), "
+                   f"stream (decode every epoch) (default: {TrainConfig.images})")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="folder of the --images disk cache (default: $SIAMESE_CACHE_DIR or ~/.cache/siamese_utils)")
+    p.add_argument("--persistent-workers", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the loader's workers alive across epochs (default: off)")
+    p.add_argument("--prefetch-factor", type=positive_int, default=None,
+                   help="batches each worker loads ahead (default: torch's, 2)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="images and convolution weights in NHWC memory order (default: off)")
+    p.add_argument("--compile", nargs="?", const=True, default=None, type=_compile_backend, metavar="BACKEND",
+                   help="torch.compile the towers, with the default backend or the one named (e.g. aot_eager); "
+                   "'off' to disable (default: off)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="retrieval metrics of a trained model on one split",
+                       description="Evaluate a trained dual encoder on one split of a dataset: Recall@1/5/10, median "
+                       "and mean rank, image->text and text->image, and rsum. Images and captions are encoded with "
+                       "the settings stored in the checkpoint, as `train` does for metrics.json.")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT",
+                   help="a run folder written by `train` (holding model.pt) or a checkpoint file")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="(default: %(default)s)")
+    p.add_argument("--folds", type=positive_int, default=1,
+                   help="average the metrics over this many equal folds of the images, e.g. 5 for COCO's 1K test "
+                   "protocol (default: %(default)s, the whole split)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (the keys of metrics.json)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("search", help="the best images for a caption, or the best captions for an image",
+                       description="Search one split of a dataset with a trained dual encoder: give a caption to "
+                       "list the images that match it best, or --image PATH to list the captions that describe "
+                       "that image best. A '*' marks the true matches when the query comes from the dataset.")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT",
+                   help="a run folder written by `train` (holding model.pt) or a checkpoint file")
+    p.add_argument("caption", nargs="?", default=None, metavar="CAPTION",
+                   help="the caption to search images for (quote it)")
+    p.add_argument("--image", type=Path, default=None, help="an image file to search captions for, instead")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test",
+                   help="the split to search in (default: %(default)s)")
+    p.add_argument("-k", type=int, default=5, help="number of results (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.set_defaults(func=_search, search_parser=p)
+
+    p = sub.add_parser("assignments", help="write the student notebooks and their autograder, or grade one",
+                       description="With --out DIR: write DIR/release/ (the student versions of the notebooks: "
+                       "solutions replaced by `raise NotImplementedError()`, hidden checks removed, outputs cleared), "
+                       "DIR/autograder/ (every exercise's checks) and DIR/README.md, the same bytes on every run. "
+                       "With --grade SUBMISSION.ipynb: run a student's notebook with its checks restored and score "
+                       "each exercise; exit status 0 when every check passes, 1 when one does not, 2 for bad input.")
+    p.add_argument("notebooks", nargs="*", type=Path,
+                   help="source notebooks for --out (default: every notebooks/NN_*.ipynb with exercises)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--out", type=Path, default=None, metavar="DIR",
+                      help="folder to write release/, autograder/ and README.md to")
+    mode.add_argument("--grade", type=Path, default=None, metavar="SUBMISSION", help="a student's notebook to grade")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace release/, autograder/ and README.md in a folder that is not empty")
+    p.add_argument("--autograder", type=Path, default=None, metavar="DIR",
+                   help="for --grade: the folder written by --out, or a folder of source notebooks "
+                   "(default: notebooks)")
+    p.add_argument("--quick", action="store_true",
+                   help="for --grade: run only the setup cell, the parameters cell and each exercise's cells")
+    p.add_argument("--json", action="store_true", help="for --grade: print the result as JSON")
+    p.add_argument("--timeout", type=positive_int, default=600, metavar="SECONDS",
+                   help="for --grade: seconds allowed per cell (default: %(default)s)")
+    p.set_defaults(func=_assignments)
+
+    p = sub.add_parser("refresh-notebooks", help="re-execute notebooks in place, in their full setting "
+                       "(default: notebooks/NN_*.ipynb)")
+    p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: all, in order)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: %(default)s)")
+    p.set_defaults(func=_refresh)
+
+    p = sub.add_parser("reproduce", help="run every notebook on a copy, evaluate, compare, write REPORT.md",
+                       description="Execute the notebooks in order as copies (the originals are never written), "
+                       "evaluate the run folders they train, compare the metrics with the expected ones and write "
+                       "OUT/REPORT.md: environment, each notebook's time and status, key metrics, figures. Exit "
+                       "status: 0 all as expected, 1 a notebook failed, 2 bad input, 3 metrics differ or are missing.")
+    p.add_argument("notebooks", nargs="*", type=Path, help="notebook files (default: notebooks/NN_*.ipynb, in order)")
+    p.add_argument("--out", type=Path, default=Path("results"),
+                   help="folder for REPORT.md, results.json, notebooks/, figures/ and runs/ (default: %(default)s)")
+    p.add_argument("--smoke", action="store_true", help="the notebooks' short setting, the one python -m pytest runs (SIAMESE_SMOKE=1 in the kernels)")
+    p.add_argument("--data", type=Path, default=Path("data/tiny"),
+                   help="dataset folder, for the notebooks ($SIAMESE_DATA) and the evaluation (default: %(default)s)")
+    p.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
+                   help="inject a parameter (a Python literal) after the parameters cell of every notebook that "
+                   "sets NAME; repeatable")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads ($SIAMESE_THREADS; default: that variable, else 2)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.add_argument("--timeout", type=positive_int, default=1800, help="seconds allowed per cell (default: %(default)s)")
+    p.add_argument("--expected", type=Path, default=Path("results/expected.json"),
+                   help="the expected metrics and their tolerances (default: %(default)s)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-compare", action="store_true", help="do not compare with the expected metrics")
+    g.add_argument("--update-expected", action="store_true",
+                   help="record this run's metrics in --expected for its setting instead of comparing")
+    p.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after one fails")
+    p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("grid", help="the losses x towers comparison: each variant with several seeds, one CSV",
+                       description="Train and test every variant of chapter 05's comparison (one factor varied "
+                                   "around the default) with each seed; one row per run is appended to --out as "
+                                   "it finishes, and runs already there with the same settings are reused.")
+    p.add_argument("--data", type=Path, help="dataset folder (e.g. data/tiny)")
+    p.add_argument("--out", type=Path, default=Path("runs") / "grid.csv", help="results CSV (default: runs/grid.csv)")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="epochs per run, the same for all (default: 2)")
+    p.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels (default: 64)")
+    p.add_argument("--train-images", type=positive_int, default=None,
+                   help="train on the first N training images only (default: all)")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="run these variants only (names from --list)")
+    p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--threads", type=positive_int, default=int(os.environ.get("SIAMESE_THREADS", 2)),
+                   help="torch threads (default: $SIAMESE_THREADS, else 2)")
+    p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    p.set_defaults(func=_grid)
+    return parser
+
+
+def _search_query(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Settle `search`'s query; returns the arguments still unrecognised.
+
+    argparse fills the optional positional CAPTION together with RUN_OR_CHECKPOINT, so in
+    ``search RUN --data DIR "a caption"`` the caption arrives among the unrecognised arguments.
+    """
+    if args.caption is None and extra and not extra[0].startswith("-"):
+        args.caption = extra.pop(0)
+    words = [s for s in extra if not s.startswith("-")]
+    if args.caption is not None and words:
+        args.search_parser.error(f"unrecognized arguments: {' '.join(extra)} (quote a caption of several words)")
+    if args.caption is None and args.image is None:
+        args.search_parser.error("give a caption to search images for, or --image PATH to search captions")
+    if args.caption is not None and args.image is not None:
+        args.search_parser.error("give a caption or --image PATH, not both")
+    return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "search":
+        extra = _search_query(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args)
+    except (DatasetError, FileExistsError, FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
