@@ -21,11 +21,12 @@ Two parts.
 2. The project's own training path: a ``siamese_utils`` ``DualEncoder`` from
    ``build_model(ModelConfig(...))`` (ResNet-50 and the project's GRU text
    tower) trained by ``siamese_utils.core.train.train_one_epoch`` with
-   ``TrainConfig(channels_last=True, amp=True, compile=...)``, fed as ``fit``
-   feeds it: ``load_split_images`` for each image pipeline
-   (``images="memory"``, ``"disk"``, ``"stream"``: decoded in the loader's
-   ``--workers`` processes every epoch), ``PairTensors`` with the
-   caption-aware flip, ``make_loader`` with pinned memory on CUDA; and, as the
+   chapter 08's ``TrainStep`` under ``Runtime(channels_last=True, amp=True,
+   compile=...)``, fed as ``fit_at_scale`` feeds it: ``load_split_images``
+   for each image pipeline (``images="memory"``, ``"disk"``, ``"stream"``:
+   decoded in the loader's ``--workers`` processes every epoch), an
+   ``ImageTextDataset`` with the caption-aware flip (seeded per epoch and
+   caption), ``make_loader`` with pinned memory on CUDA; and, as the
    bound a loader cannot beat, from batches already on the device. Each
    pipeline's one-off setup (decoding once, writing the cache) is timed
    apart. ``train_one_epoch`` reads the loss back every step (a
@@ -71,15 +72,12 @@ from torch.utils.flop_counter import FlopCounterMode
 import siamese_utils as su
 from siamese_utils.core.data import CaptionedImages
 from siamese_utils.core.losses import info_nce_loss
-from siamese_utils.core.models import _quiet_transformers
-from siamese_utils.core.train import (
-    PairTensors,
-    TrainConfig,
-    load_split_images,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-)
+from siamese_utils.chapters.towers import quiet_transformers
+from siamese_utils.chapters.scaling.pipelines import load_split_images
+from siamese_utils.chapters.scaling.train import TrainStep
+from siamese_utils.core.data import ImageTextDataset
+from siamese_utils.core.runtime import epoch_seed
+from siamese_utils.core.train import Runtime, TrainConfig, make_optimizer, make_scheduler, train_one_epoch
 from siamese_utils.core.transforms import CaptionAwareHorizontalFlip
 
 # Dense peak TFLOP/s by GPU name (longest match first): (bf16/fp16 tensor cores, TF32, plain fp32).
@@ -158,7 +156,7 @@ class TwoTowers(nn.Module):
         else:
             image_dim = getattr(self.image, head).in_features
             setattr(self.image, head, nn.Identity())
-        with _quiet_transformers():
+        with quiet_transformers():
             self.text = transformers.BertModel(transformers.BertConfig(**bert_overrides), add_pooling_layer=False)
         self.image_proj = nn.Linear(image_dim, embed_dim)
         self.text_proj = nn.Linear(self.text.config.hidden_size, embed_dim)
@@ -263,22 +261,27 @@ class StepClock:
             yield batch
 
 
-def train_config(size: Size, workers: int, images: str, compile_: bool) -> TrainConfig:
-    """The settings ``fit`` would get for this size: mixed precision (on CUDA), channels-last, ``images`` pipeline."""
-    return TrainConfig(batch_size=size.batch_size, image_size=size.image_size, max_length=size.tokens,
-                       num_workers=workers, loss="infonce", flip="swap", amp=True, images=images,
-                       channels_last=True, compile=compile_)
+def train_settings(size: Size, workers: int, images: str, compile_: bool) -> tuple[TrainConfig, Runtime]:
+    """The recipe and runtime ``fit_at_scale`` would get for this size: mixed precision (on CUDA), channels-last,
+    the ``images`` pipeline."""
+    recipe = TrainConfig(batch_size=size.batch_size, image_size=size.image_size, max_length=size.tokens,
+                         loss="infonce", flip="swap")
+    runtime = Runtime(num_workers=workers, amp=True, images=images, channels_last=True, compile=compile_)
+    return recipe, runtime
 
 
 def time_pipeline(size: Size, device: torch.device, data: Path, workers: int, compile_: bool,
                   tiny: bool) -> list[dict]:
-    """``train_one_epoch`` on a DualEncoder, fed by each image pipeline of ``fit``, and from batches on the device.
+    """``train_one_epoch`` on a DualEncoder, fed by each image pipeline of ``fit_at_scale``, and from batches on
+    the device.
 
-    As ``fit`` builds it: ``load_split_images`` (``"memory"``: decoded once
-    into RAM; ``"disk"``: once into a uint8 cache file; ``"stream"``: decoded
-    in the loader's workers every time), ``PairTensors`` with the
-    caption-aware flip, ``make_loader`` with ``workers`` processes and pinned
-    memory on CUDA. The one-off setup (decoding, caching) is timed apart.
+    As ``fit_at_scale`` builds it: ``load_split_images`` (``"memory"``:
+    decoded once into RAM; ``"disk"``: once into a uint8 cache file;
+    ``"stream"``: decoded in the loader's workers every time), an
+    ``ImageTextDataset`` with the caption-aware flip, ``make_loader`` with
+    ``workers`` processes and pinned memory on CUDA, and ``TrainStep`` for
+    channels-last and compiling. The one-off setup (decoding, caching) is
+    timed apart.
     """
     split = su.read_dataset(data).split("train")
     if len(split) == 0:
@@ -293,36 +296,39 @@ def time_pipeline(size: Size, device: torch.device, data: Path, workers: int, co
     model_config = su.ModelConfig(image_tower=size.pipeline_image_tower, text_tower="gru", embed_dim=256, **size.gru)
     label = f"DualEncoder ({size.pipeline_image_tower} + gru), train_one_epoch"
 
-    def run(batches, config: TrainConfig, how: str, setup_s: float | None) -> dict:
+    def run(batches, config: TrainConfig, runtime: Runtime, how: str, setup_s: float | None) -> dict:
         su.seed_everything(0)
         model = su.build_model(model_config).to(device)
-        model.to(memory_format=torch.channels_last)  # as fit does with channels_last
+        model.to(memory_format=torch.channels_last)  # as fit_at_scale does with channels_last
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, steps)
         clock = StepClock(batches)
-        train_one_epoch(model, clock, optimizer, scheduler, config, 0, device, features=False, progress=False)
+        train_one_epoch(model, clock, optimizer, scheduler, config, 0, device, features=False, progress=False,
+                        step=TrainStep(model, config, runtime))
         timed = clock.sizes[size.warmup:]
         seconds = clock.marks[-1] - clock.marks[size.warmup]
         return {"variant": f"{label}, {how}", "pairs_per_s": sum(timed) / seconds, "step_ms": 1000 * seconds / len(timed),
                 "optimizer": "AdamW (make_optimizer)", "flops_per_step": None, "setup_s": setup_s,
-                "precision": "amp" if config.amp and device.type == "cuda" else "fp32"}
+                "precision": "amp" if runtime.amp and device.type == "cuda" else "fp32"}
 
     rows = []
     pinned = ", pinned" if device.type == "cuda" else ""
     with tempfile.TemporaryDirectory() as cache_dir:
         for images in ("memory", "disk", "stream"):
-            config = train_config(size, workers, images, compile_)
+            config, runtime = train_settings(size, workers, images, compile_)
             start = time.perf_counter()
-            pixels = load_split_images(split, config, cache_dir)
+            pixels = load_split_images(split, config.image_size, runtime, cache_dir)
             setup_s = time.perf_counter() - start
-            pairs = PairTensors(pixels, split.captions, split.txt_to_img, CaptionAwareHorizontalFlip(0.5, config.flip))
+            pairs = ImageTextDataset(split, CaptionAwareHorizontalFlip(0.5, config.flip), images=pixels)
+            pairs.set_epoch_seed(epoch_seed(config.seed, 0))  # as fit_at_scale seeds the first epoch
             loader = su.make_loader(torch.utils.data.Subset(pairs, indices), size.batch_size, shuffle=False,
                                     collate_fn=collate, num_workers=workers, pin_memory=device.type == "cuda")
-            rows.append(run(loader, config, f'images="{images}" ({workers} workers{pinned})', setup_s))
+            rows.append(run(loader, config, runtime, f'images="{images}" ({workers} workers{pinned})', setup_s))
             if images == "memory":  # two of these batches, collated once and moved to the device: no loader at all
                 resident = [collate([pairs[j] for j in indices[i * size.batch_size:(i + 1) * size.batch_size]])
                             .to(device) for i in range(2)]
-                rows.insert(0, run([resident[i % 2] for i in range(steps)], config, "batches on the device", None))
+                rows.insert(0, run([resident[i % 2] for i in range(steps)], config, runtime, "batches on the device",
+                                   None))
             del pixels, pairs, loader
     return rows
 

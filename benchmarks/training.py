@@ -12,8 +12,9 @@ excluded) on the train split, for four models with the same GRU text tower:
 4. the seed's CNN trained from scratch.
 
 Everything goes through the library's own training path: the pair dataset
-built with ``PairTensors`` exactly as ``fit`` builds it (cached features, or
-prepared pixels with the caption-aware flip), batches from ``make_loader`` and
+built by ``training_pairs`` exactly as ``fit`` builds it (an
+``ImageTextDataset`` of cached features, or of prepared pixels with the
+caption-aware flip, seeded per epoch), batches from ``make_loader`` and
 ``Collator``, AdamW and the schedule from ``make_optimizer`` and
 ``make_scheduler``, and ``train_one_epoch`` for the steps. The loader is
 wrapped only to note when each batch is asked for, which splits a call into
@@ -28,8 +29,8 @@ warm-up, and seconds per epoch are extrapolated from the median of the others
 configuration 1's epochs, extrapolated the same way, checks the method. Also
 reported: configuration 1's one-off setup, decoding and resizing the split
 (``prepare_images``, median of ``--repeats``; every configuration pays it) and
-computing the frozen tower's features (``encode_image_tensors``, timed once,
-as ``fit`` does it once). Every model is built from the same seed. CPU only;
+computing the frozen tower's features (``training_pairs``, timed once, as
+``fit`` does it once). Every model is built from the same seed. CPU only;
 on a shared machine the load average is printed, since other processes on the
 cores inflate every figure.
 
@@ -49,17 +50,17 @@ import torch
 
 import siamese_utils as su
 from siamese_utils.core import models
+from siamese_utils.core.runtime import epoch_seed
 from siamese_utils.core.train import (
     DEFAULT_MODEL,
-    PairTensors,
+    Runtime,
     TrainConfig,
-    encode_image_tensors,
     make_optimizer,
     make_scheduler,
     prepare_images,
     train_one_epoch,
+    training_pairs,
 )
-from siamese_utils.core.transforms import CaptionAwareHorizontalFlip
 
 CONFIGURATIONS: list[tuple[str, models.ModelConfig, bool]] = [
     ("1 EfficientNet frozen, features cached (default)", DEFAULT_MODEL, True),
@@ -114,20 +115,18 @@ class StepClock:
 class Trainer:
     """One configuration set up as ``fit`` sets it up: model, pair dataset, collator, optimizer, schedule."""
 
-    def __init__(self, model_config: models.ModelConfig, cache: bool, config: TrainConfig, split,
+    def __init__(self, model_config: models.ModelConfig, cache: bool, config: TrainConfig, runtime: Runtime, split,
                  images: torch.Tensor, collate: su.Collator):
         su.seed_everything(config.seed)  # the same initial weights on every run
         self.config = config = dataclasses.replace(config, cache_features=cache)
+        self.runtime = runtime
         self.model = su.build_model(model_config).to(DEVICE)
         self.cache = cache
-        self.encode_seconds = None
-        if cache:  # as fit: the frozen tower in eval mode, its features computed once (timed: a setup cost)
-            self.model.image_tower.eval()
-            start = time.perf_counter()
-            images = encode_image_tensors(self.model.image_tower, images, DEVICE, config.eval_batch_size)
-            self.encode_seconds = time.perf_counter() - start
-        flip = None if cache else CaptionAwareHorizontalFlip(0.5, config.flip)
-        self.dataset = PairTensors(images, split.captions, split.txt_to_img, flip)
+        # As fit: with the cache, the frozen tower's features are computed once here (timed: a setup cost).
+        start = time.perf_counter()
+        self.dataset, features = training_pairs(self.model, split, images, config, DEVICE, runtime.eval_batch_size)
+        self.encode_seconds = time.perf_counter() - start if cache else None
+        assert features == cache
         self.collate = collate
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config, math.ceil(len(self.dataset) / config.batch_size))
@@ -139,11 +138,12 @@ class Trainer:
 
         Returns its seconds and ``(pairs, seconds)`` of each step.
         """
-        seed = self.config.seed * 1_000_003 + self.epoch  # fit's per-epoch seed
+        seed = epoch_seed(self.config.seed, self.epoch)  # fit's per-epoch seed
         su.seed_everything(seed)
+        self.dataset.set_epoch_seed(seed)  # each pair's flip, from the epoch and the caption
         dataset = self.dataset if indices is None else torch.utils.data.Subset(self.dataset, indices)
         clock = StepClock(su.make_loader(dataset, self.config.batch_size, shuffle=True, seed=seed,
-                                         collate_fn=self.collate, num_workers=self.config.num_workers))
+                                         collate_fn=self.collate, num_workers=self.runtime.num_workers))
         start = time.perf_counter()
         train_one_epoch(self.model, clock, self.optimizer, self.scheduler, self.config, self.epoch, DEVICE,
                         features=self.cache, progress=False)
@@ -179,6 +179,7 @@ def main() -> None:
 
     split = su.read_dataset(args.data).split("train")
     config = TrainConfig(batch_size=args.batch_size, image_size=args.image_size)
+    runtime = Runtime()
     collate = su.Collator(su.load_tokenizer(), config.max_length)
     pairs = split.num_captions
     print(f"{args.data} [train]: {len(split)} images, {pairs} pairs; {args.image_size} px, batch {args.batch_size}, "
@@ -190,7 +191,7 @@ def main() -> None:
 
     rows = []
     for name, model_config, cache in CONFIGURATIONS:
-        trainer = Trainer(model_config, cache, config, split, images, collate)
+        trainer = Trainer(model_config, cache, config, runtime, split, images, collate)
         if cache:  # fast enough for whole epochs
             encode_s = trainer.encode_seconds
             trainer.run(trainer.pairs(1))  # warm-up step: allocations, lazy imports
@@ -210,7 +211,7 @@ def main() -> None:
 
     print(f"\none-off setup of configuration 1: decoding + resizing {len(split)} images (prepare_images, median "
           f"of {args.repeats}; every configuration pays it) {prepare_s:.2f} s ({len(split) / prepare_s:,.0f} images/s); "
-          f"frozen-tower features (encode_image_tensors, once) {encode_s:.2f} s ({len(split) / encode_s:,.0f} images/s)")
+          f"frozen-tower features (training_pairs, once) {encode_s:.2f} s ({len(split) / encode_s:,.0f} images/s)")
     base = rows[0]["s/epoch"]
     width = max(len(row["configuration"]) for row in rows)
     print(f"\n{'configuration':{width}s} {'trainable params':>16s} {'pairs/s':>8s} {'s/epoch':>8s} {'vs 1':>6s}  how")

@@ -45,12 +45,15 @@ from .core.data import (
     read_dataset,
 )
 from .core.metrics import retrieval_metrics
-from .core.models import CrossEncoder, DualEncoder, ModelConfig, SeedLSTMTower, SeedSiameseNetwork, build_model
+from .core.models import CrossEncoder, DualEncoder, ModelConfig, SeedLSTMTower, build_model
 from .core.runtime import choose_device, seed_everything, seed_worker
 from .core.text import load_tokenizer, swap_left_right
-from .core.train import DEFAULT_MODEL, PairTensors, TrainConfig, fit, load_model, train_one_epoch
+from .core.train import DEFAULT_MODEL, Runtime, TrainConfig, encode_split, evaluate, fit, load_model, train_one_epoch
 from .core.transforms import (CaptionAwareHorizontalFlip, ImageTextTransform, ImageTransformConfig,
                               build_image_transform, denormalize)
+
+from .chapters import towers  # noqa: E402,F401  (registers chapter 05's pretrained towers)
+from .chapters.seed import SeedSiameseNetwork  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -58,7 +61,9 @@ __all__ = [
     "denormalize",
     "CaptionAwareHorizontalFlip",
     "train_one_epoch",
-    "PairTensors",
+    "Runtime",
+    "encode_split",
+    "evaluate",
     "SeedLSTMTower",
     "to_rgb",
     "DEFAULT_MODEL",

@@ -107,7 +107,7 @@ def test_model_refuses_unknown_towers_and_missing_packages(capsys, monkeypatch):
 
 # --------------------------------------------------------------------------- train
 
-SMALL_FLAGS = ["--image-encoder", "seed_cnn", "--embed-dim", "16", "--word-dim", "8", "--text-hidden", "8",
+SMALL_FLAGS = ["--image-tower", "seed_cnn", "--embed-dim", "16", "--word-dim", "8", "--text-hidden", "8",
                "--image-size", "16", "--batch-size", "16"]
 
 
@@ -128,8 +128,8 @@ def test_train_writes_the_run_folder_and_repeats_to_the_bit(small_tiny, tmp_path
 
     outs = []
     for name in ("a", "b"):
-        assert main(["train", "--data", str(small_tiny), "--out", str(tmp_path / name), "--epochs", "2",
-                     *SMALL_FLAGS]) == 0
+        assert main(["train", "--data", str(small_tiny), "--out", str(tmp_path / name), "--num-epochs",
+                     "2", *SMALL_FLAGS]) == 0
         outs.append(tmp_path / name)
     printed = capsys.readouterr().out
     assert "epoch  2/2" in printed and "test i2t R@1/5/10" in printed
@@ -139,8 +139,10 @@ def test_train_writes_the_run_folder_and_repeats_to_the_bit(small_tiny, tmp_path
     assert set(metrics) == {"val", "test"} and list(metrics["test"]) == list(METRIC_KEYS)
     assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
     config = json.loads((a / "config.json").read_text())
+    assert list(config) == ["model", "train", "runtime", "data"]
     assert config["model"]["image_tower"] == "seed_cnn" and config["model"]["freeze_image"] is False
-    assert config["train"]["num_epochs"] == 2
+    assert config["train"]["num_epochs"] == 2 and "num_workers" not in config["train"]
+    assert config["runtime"]["num_workers"] == 0 and config["runtime"]["eval_batch_size"] == 256
 
 
 def test_train_killed_after_an_epoch_resumes_to_the_same_result(small_tiny, tmp_path):
@@ -150,7 +152,7 @@ def test_train_killed_after_an_epoch_resumes_to_the_same_result(small_tiny, tmp_
 
     import torch
 
-    flags = ["--data", str(small_tiny), "--epochs", "4", *SMALL_FLAGS]
+    flags = ["--data", str(small_tiny), "--num-epochs", "4", *SMALL_FLAGS]
     cut = tmp_path / "cut"
     run = _train_subprocess([*flags, "--out", str(cut)])  # only the run that is killed needs its own process
     deadline = time.monotonic() + 300
@@ -173,13 +175,13 @@ def test_train_killed_after_an_epoch_resumes_to_the_same_result(small_tiny, tmp_
 
 def test_train_refuses_to_overwrite_a_run_and_checks_resume_settings(small_tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--epochs", "1", *SMALL_FLAGS]) == 0
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--num-epochs", "1", *SMALL_FLAGS]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
     assert main(["train", "--data", str(small_tiny), "--out", str(out), *SMALL_FLAGS]) == 2
     assert "already holds a run (model.pt); pass --resume" in capsys.readouterr().err
     assert main(["train", "--data", str(small_tiny), "--out", str(out), "--resume", "--lr", "0.5"]) == 2
-    assert "--lr 0.5 differs from the run being resumed (0.002" in capsys.readouterr().err
+    assert f"--lr 0.5 differs from the run being resumed (0.002, in {out / 'config.json'})" in capsys.readouterr().err
     other_data = tmp_path / "other"
     other_data.mkdir()
     (other_data / "dataset.json").write_bytes((small_tiny / "dataset.json").read_bytes())
@@ -194,11 +196,19 @@ def test_train_refuses_to_overwrite_a_run_and_checks_resume_settings(small_tiny,
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--epochs", "0"], "argument --epochs: 0 is not a positive integer"),
-        (["--batch-size", "many"], "argument --batch-size: invalid positive_int value: 'many'"),
-        (["--lr", "-1"], "argument --lr: -1.0 is not a positive number"),
-        (["--loss", "triplet"], "argument --loss: invalid choice: 'triplet'"),
-        (["--image-encoder", "vgg16"], "argument --image-encoder: invalid choice: 'vgg16'"),
+        (["--num-epochs", "0"], "argument --num-epochs: num_epochs=0 must be a positive integer"),
+        (["--epochs", "0"], "argument --epochs: num_epochs=0 must be a positive integer"),  # the old spelling
+        (["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
+        (["--batch-size", "1"], "argument --batch-size: batch_size=1: a contrastive loss needs at least 2 pairs"),
+        (["--lr", "-1"], "argument --lr: lr=-1.0 must be a positive number"),
+        (["--grad-clip", "off"], "argument --grad-clip: invalid float or none value: 'off'"),
+        (["--loss", "nonsense"], "argument --loss: invalid choice: 'nonsense' (choose from"),
+        (["--flip", "sideways"], "argument --flip: invalid choice: 'sideways'"),
+        (["--image-tower", "vgg16"], "argument --image-tower: invalid choice: 'vgg16'"),
+        (["--temperature", "5"], "argument --temperature: temperature=5.0 must lie in [0.01, 1]"),
+        (["--num-workers", "-1"], "argument --num-workers: num_workers=-1 must be 0 (main process) or more"),
+        (["--images", "cloud"], "argument --images: invalid choice: 'cloud'"),
+        (["--amp", "yes"], "unrecognized arguments: yes"),
     ],
 )
 def test_train_bad_flags_are_one_line_errors(small_tiny, tmp_path, capsys, flags, message):
@@ -217,7 +227,7 @@ def test_train_on_a_corrupt_image_names_the_file_and_writes_no_checkpoint(small_
     broken = sorted((data / "images").iterdir())[3]
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # a truncated download
     out = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *SMALL_FLAGS]) == 2
+    assert main(["train", "--data", str(data), "--out", str(out), "--num-epochs", "1", *SMALL_FLAGS]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and broken.name in err and "truncated or corrupt" in err, err
     assert not (out / "model.pt").exists()
@@ -233,9 +243,9 @@ def test_train_freezes_only_image_towers_with_offline_weights_by_default(tmp_pat
     default = settings()
     assert (default.image_tower, default.pretrained, default.freeze_image) == ("efficientnet_lite0", True, True)
     assert settings("--no-freeze-image").freeze_image is False
-    resnet = settings("--image-encoder", "resnet18", "--pretrained")
+    resnet = settings("--image-tower", "resnet18", "--pretrained")
     assert resnet.pretrained and not resnet.freeze_image  # offline it may be random: never frozen unasked
-    seed = settings("--image-encoder", "seed_cnn")
+    seed = settings("--image-tower", "seed_cnn")
     assert not seed.pretrained and not seed.freeze_image
 
 
@@ -245,9 +255,8 @@ def test_train_reports_bad_data_output_and_settings_in_one_line(small_tiny, tmp_
     cases = [
         (["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r1")], "nowhere"),
         (["--data", str(small_tiny), "--out", str(blocker / "run")], "cannot write to the output folder"),
-        (["--data", str(small_tiny), "--out", str(tmp_path / "r2"), "--image-encoder", "seed_cnn", "--freeze-image"],
+        (["--data", str(small_tiny), "--out", str(tmp_path / "r2"), "--image-tower", "seed_cnn", "--freeze-image"],
          "--freeze-image would keep a randomly initialised seed_cnn fixed; add --pretrained"),
-        (["--data", str(small_tiny), "--out", str(tmp_path / "r3"), "--batch-size", "1"], "batch_size=1"),
         (["--data", str(small_tiny), "--out", str(tmp_path / "r4"), "--device", "tpu"], "--device tpu:"),
     ]
     for argv, message in cases:
@@ -258,16 +267,154 @@ def test_train_reports_bad_data_output_and_settings_in_one_line(small_tiny, tmp_
 
 
 def test_train_interrupted_says_how_to_resume(small_tiny, tmp_path, capsys, monkeypatch):
-    import siamese_utils.core.train
+    import siamese_utils.chapters.scaling.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(siamese_utils.core.train, "fit", interrupted)
+    monkeypatch.setattr(siamese_utils.chapters.scaling.train, "fit_at_scale", interrupted)
     out = tmp_path / "run"
     assert main(["train", "--data", str(small_tiny), "--out", str(out), *SMALL_FLAGS]) == 130
     assert "holds the last finished epoch: continue with --resume" in capsys.readouterr().err
     assert (out / "config.json").is_file()  # what --resume needs is there
+
+
+# --------------------------------------------------------------------------- flags made from the settings
+
+RECIPE = "recipe (stored in the checkpoint, checked on --resume)"
+RUNTIME = "runtime (may change on --resume)"
+
+
+def _command(name):
+    """The parser of one command."""
+    import argparse
+
+    from siamese_utils.tools.cli import build_parser
+
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+def _flags(parser):
+    return {s: a for a in parser._actions for s in a.option_strings}
+
+
+def test_every_setting_is_a_flag_with_the_fields_help_in_its_group():
+    import dataclasses
+    import re
+
+    from siamese_utils.core.models import ModelConfig
+    from siamese_utils.core.runtime import settings_help
+    from siamese_utils.core.train import Runtime, TrainConfig
+
+    train = _command("train")
+    flags = _flags(train)
+    groups = {g.title: g._group_actions for g in train._action_groups}
+    fields = set()
+    for cls, title in ((ModelConfig, "model"), (TrainConfig, RECIPE), (Runtime, RUNTIME)):
+        for f in dataclasses.fields(cls):
+            action = flags["--" + f.name.replace("_", "-")]
+            assert action.dest == f.name and action in groups[title], f.name
+            field_help = re.sub(r"\s*\(default: [^)]*\)", "", settings_help(cls)[f.name])
+            assert action.help.replace("%%", "%").startswith(field_help + " (default: "), (f.name, action.help)
+            if "choices" in f.metadata:
+                assert action.choices == list(f.metadata["choices"])
+            fields.add(f.name)
+    # The other flags are not settings of a config; the old spellings are hidden from --help.
+    others = {a.dest for a in train._actions if a.dest not in fields}
+    assert others == {"help", "data", "out", "resume", "cache_dir", "device"}
+    hidden = {s for s, a in flags.items() if a.help == "==SUPPRESS=="}
+    assert hidden == {"--image-encoder", "--text-encoder", "--epochs", "--workers"}
+    assert flags["--image-tower"].help.endswith("(default: efficientnet_lite0)")  # train's default model
+    assert flags["--word-dim"].help.endswith("(default: 128)") and flags["--amp"].help.endswith("(default: on)")
+    assert flags["--compile"].help.endswith("(default: off)")
+
+    # `model` takes every model setting, `grid` the recipe's epochs and image size: the same flags.
+    model = _flags(_command("model"))
+    assert {a.dest for a in model.values()} >= {f.name for f in dataclasses.fields(ModelConfig)}
+    assert model["--image-tower"].help.endswith("(default: resnet18)")  # ModelConfig's own default
+    grid = _flags(_command("grid"))
+    assert grid["--num-epochs"].dest == "num_epochs" and grid["--num-epochs"].help.endswith("(default: 2)")
+    assert grid["--image-size"].help == flags["--image-size"].help
+
+
+def test_flags_parse_to_the_types_of_their_fields(tmp_path):
+    from siamese_utils.tools.cli import _train_settings, build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--out", str(tmp_path), "--grad-clip", "none", "--margin", "0.25",
+         "--pretrained-lr", "1e-4", "--no-amp", "--compile", "--prefetch-factor", "none", "--word-dim", "none",
+         "--no-learn-temperature", "--cache-features", "--schedule", "constant", "--num-workers", "2"])
+    model, recipe, runtime = _train_settings(args, tmp_path)
+    assert recipe.grad_clip is None and recipe.margin == 0.25 and recipe.pretrained_lr == 1e-4
+    assert recipe.cache_features is True and recipe.schedule == "constant"
+    assert model.word_dim is None and model.learn_temperature is False
+    assert runtime.amp is False and runtime.compile is True and runtime.prefetch_factor is None
+    assert runtime.num_workers == 2
+    assert build_parser().parse_args(["train", "--data", "d", "--out", "o", "--compile", "off"]).compile is False
+    untouched = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    assert not hasattr(untouched, "num_epochs")  # a flag not given is not there: defaults (or the resumed run) fill it
+
+
+def test_old_spellings_still_work_with_a_deprecation_line(tmp_path, capsys):
+    import re
+
+    from siamese_utils.tools.cli import _train_settings, build_parser
+
+    capsys.readouterr()
+    args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path), "--epochs", "3",
+                                      "--image-encoder", "seed_cnn", "--text-encoder", "bow", "--workers", "2"])
+    assert capsys.readouterr().err.splitlines() == [
+        "--epochs is deprecated; use --num-epochs", "--image-encoder is deprecated; use --image-tower",
+        "--text-encoder is deprecated; use --text-tower", "--workers is deprecated; use --num-workers"]
+    model, recipe, runtime = _train_settings(args, tmp_path)
+    assert (model.image_tower, model.text_tower, recipe.num_epochs, runtime.num_workers) == ("seed_cnn", "bow", 3, 2)
+    assert build_parser().parse_args(["grid", "--epochs", "4"]).num_epochs == 4
+    assert capsys.readouterr().err == "--epochs is deprecated; use --num-epochs\n"
+    for command in ("train", "grid"):
+        shown = _command(command).format_help()
+        assert "--num-epochs" in shown
+        assert not re.search(r"(?<![\w-])--(epochs|workers|image-encoder|text-encoder)\b", shown), shown
+
+
+def test_resume_may_change_the_runtime_but_not_the_model_or_recipe(trained_run, small_tiny, tmp_path, capsys,
+                                                                    monkeypatch):
+    import shutil
+
+    import siamese_utils.chapters.scaling.train as scaling
+
+    out = shutil.copytree(trained_run, tmp_path / "run")  # a finished run: resuming it trains no more epochs
+    base = ["train", "--data", str(small_tiny), "--out", str(out)]
+    config = json.loads((out / "config.json").read_text())
+    runtimes = []
+    real = scaling.fit_at_scale
+    monkeypatch.setattr(scaling, "fit_at_scale", lambda *a, **kw: runtimes.append(kw["runtime"]) or real(*a, **kw))
+
+    # Runtime flags: the stored runtime with the flags given, for this session (config.json stays as written).
+    assert main([*base, "--resume", "--eval-batch-size", "5", "--no-amp", "--num-workers", "0"]) == 0
+    assert runtimes[-1].eval_batch_size == 5 and runtimes[-1].amp is False
+    assert json.loads((out / "config.json").read_text()) == config
+
+    # A config.json of an older version kept the runtime settings in "train": it resumes, with them.
+    old = {"model": config["model"], "train": {**config["train"], **config["runtime"], "eval_batch_size": 7},
+           "data": config["data"]}
+    (out / "config.json").write_text(json.dumps(old, indent=2) + "\n")
+    assert main([*base, "--resume", "--no-persistent-workers"]) == 0
+    assert runtimes[-1].eval_batch_size == 7 and runtimes[-1].persistent_workers is False
+
+    # Model and recipe flags must match the run, whatever their spelling.
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for flags, message in [(["--num-epochs", "3"], "--num-epochs 3 differs from the run being resumed (1, in "),
+                           (["--epochs", "3"], "--num-epochs 3 differs from the run being resumed (1, in "),
+                           (["--image-size", "32"], "--image-size 32 differs from the run being resumed (16, in "),
+                           (["--grad-clip", "none"], "--grad-clip none differs from the run being resumed (2.0, in "),
+                           (["--embed-dim", "32"], "--embed-dim 32 differs from the run being resumed (16, in "),
+                           (["--freeze-text"], "--freeze-text on differs from the run being resumed (off, in ")]:
+        assert main([*base, "--resume", "--eval-batch-size", "5", *flags]) == 2, flags
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith("error: ") and f"{message}{out / 'config.json'}); resume without it" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
 
 
 # --------------------------------------------------------------------------- evaluate and search
@@ -277,7 +424,7 @@ def test_train_interrupted_says_how_to_resume(small_tiny, tmp_path, capsys, monk
 def trained_run(small_tiny, tmp_path_factory):
     """One small `train` run (1 epoch) shared by the evaluate and search tests."""
     out = tmp_path_factory.mktemp("eval") / "run"
-    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--epochs", "1", *SMALL_FLAGS]) == 0
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--num-epochs", "1", *SMALL_FLAGS]) == 0
     return out
 
 

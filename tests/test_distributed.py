@@ -1,7 +1,7 @@
 """Multi-process training: two CPU processes (Gloo, 127.0.0.1) compute the contrastive loss on their
 gathered batch; its value and every parameter's gradient (after DistributedDataParallel's averaging)
-equal the single-process ones on the concatenated batch; `fit` runs, splits every epoch between the
-processes, writes one checkpoint from rank 0 and resumes.
+equal the single-process ones on the concatenated batch; `fit_at_scale` runs, splits every epoch between
+the processes, flips each pair as one process would, writes one checkpoint from rank 0 and resumes.
 
 The two processes are started once for the module (that is most of the time these tests take); each
 writes what it saw to a file, and the tests check the files."""
@@ -16,11 +16,13 @@ import torch.multiprocessing as mp
 
 from siamese_utils.chapters.scaling import distributed as D
 from siamese_utils.core.losses import contrastive_loss
+from siamese_utils.core.train import TrainConfig
 
 SMALL = dict(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8, vocab_size=30522)
 WORLD = 2
 PER_RANK = 4
 GRAD_LOSSES = ("infonce", "hinge")
+FIT = TrainConfig(num_epochs=2, batch_size=16, image_size=16, lr=3e-3, warmup_epochs=0.5)
 
 
 def _free_port() -> int:
@@ -41,8 +43,9 @@ def _global_batch():
 
 
 def _gradient_check(rank: int, out) -> None:
+    from siamese_utils.chapters.scaling.train import TrainStep
     from siamese_utils.core.models import ModelConfig, build_model
-    from siamese_utils.core.train import TrainConfig, TrainStep
+    from siamese_utils.core.train import Runtime, TrainConfig
 
     images, input_ids, attention_mask, image_index = _global_batch()
     mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
@@ -54,9 +57,9 @@ def _gradient_check(rank: int, out) -> None:
         img_emb, txt_emb = reference(images, input_ids, attention_mask)
         ref_loss = contrastive_loss(name, img_emb, txt_emb, image_index, logit_scale=reference.logit_scale)
         ref_loss.backward()
-        # Two processes, half each, through what `fit` runs: TrainStep in DistributedDataParallel.
-        config = TrainConfig(loss=name, batch_size=WORLD * PER_RANK, amp=False)
-        step = torch.nn.parallel.DistributedDataParallel(TrainStep(model, config),
+        # Two processes, half each, through what `fit_at_scale` runs: TrainStep in DistributedDataParallel.
+        config = TrainConfig(loss=name, batch_size=WORLD * PER_RANK)
+        step = torch.nn.parallel.DistributedDataParallel(TrainStep(model, config, Runtime(amp=False)),
                                                          find_unused_parameters=name != "infonce")
         loss = step(images[mine], input_ids[mine], attention_mask[mine], image_index[mine])
         loss.backward()
@@ -69,29 +72,30 @@ def _gradient_check(rank: int, out) -> None:
 
 
 def _fit_run(rank: int, out, data_dir) -> None:
+    from siamese_utils.chapters.scaling.train import fit_at_scale
     from siamese_utils.core import train as T
-    from siamese_utils.core.data import read_dataset
+    from siamese_utils.core.data import ImageTextDataset, read_dataset
     from siamese_utils.core.models import ModelConfig, build_model
     from siamese_utils.core.runtime import seed_everything
     from siamese_utils.core.text import load_tokenizer
 
-    seen: list[int] = []
-    original = T.PairTensors.__getitem__
+    seen: list[tuple[int, torch.Tensor, str]] = []  # every pair this process loaded: caption index, image, caption
+    original = ImageTextDataset.__getitem__
 
     def recording(self, j):
-        seen.append(int(j))
-        return original(self, j)
+        item = original(self, j)
+        seen.append((int(j), item["image"].clone(), item["caption"]))
+        return item
 
-    T.PairTensors.__getitem__ = recording
+    ImageTextDataset.__getitem__ = recording
     data = read_dataset(data_dir)
-    config = T.TrainConfig(num_epochs=2, batch_size=16, image_size=16, lr=3e-3, warmup_epochs=0.5,
-                           eval_batch_size=64)
     results = []
     for resume, stop_after in ((False, 1), (True, None)):  # interrupted after one epoch, then resumed
-        seed_everything(config.seed)
-        model = build_model(ModelConfig(**SMALL))
-        results.append(T.fit(model, data.split("train"), data.split("val"), config, load_tokenizer(),
-                             out_dir=out / "run", resume=resume, stop_after=stop_after, progress=False, log=None))
+        seed_everything(FIT.seed)
+        model = build_model(ModelConfig(**SMALL))  # the seed CNN, trained: every pair goes through the flip
+        results.append(fit_at_scale(model, data.split("train"), data.split("val"), FIT, load_tokenizer(),
+                                    runtime=T.Runtime(eval_batch_size=64), out_dir=out / "run", resume=resume,
+                                    stop_after=stop_after, progress=False, log=None))
     torch.save({"seen": seen, "history_rows": [len(r.history) for r in results],
                 "val_metrics": [r.val_metrics for r in results]}, out / f"fit-rank{rank}.pt")
 
@@ -133,19 +137,45 @@ def test_gathered_loss_and_gradients_equal_one_process_on_the_whole_batch(two_pr
             torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5, msg=lambda m, key=key: f"{name} {key}: {m}")
 
 
+def _seen(out):
+    return [torch.load(out / f"fit-rank{rank}.pt")["seen"] for rank in range(WORLD)]
+
+
 def test_fit_gives_each_process_a_disjoint_share_of_every_epoch(two_processes, small_tiny):
     from siamese_utils.core.data import read_dataset
 
     pairs = read_dataset(small_tiny).split("train").num_captions
-    seen = [torch.load(two_processes / f"fit-rank{rank}.pt")["seen"] for rank in range(WORLD)]
-    epochs = 2
+    seen = [[j for j, _, _ in s] for s in _seen(two_processes)]
     per_epoch = pairs // WORLD
     for rank in range(WORLD):
-        assert len(seen[rank]) == epochs * per_epoch
-    for e in range(epochs):
+        assert len(seen[rank]) == FIT.num_epochs * per_epoch
+    for e in range(FIT.num_epochs):
         a, b = (set(s[e * per_epoch:(e + 1) * per_epoch]) for s in seen)
         assert len(a) == len(b) == per_epoch and not a & b
     assert seen[0][:per_epoch] != seen[0][per_epoch:]  # reshuffled for the second epoch
+
+
+def test_every_pair_is_flipped_as_one_process_would_flip_it(two_processes, small_tiny):
+    """The flip of a pair depends on the epoch and the caption alone, not on the process that loads it."""
+    from siamese_utils.core import train as T
+    from siamese_utils.core.data import read_dataset
+    from siamese_utils.core.models import ModelConfig, build_model
+    from siamese_utils.core.runtime import epoch_seed
+
+    split = read_dataset(small_tiny).split("train")
+    images = T.prepare_images(split, FIT.image_size)
+    pairs, features = T.training_pairs(build_model(ModelConfig(**SMALL)), split, images, FIT, torch.device("cpu"))
+    assert not features and pairs.transform is not None  # pixels, through the caption-aware flip
+    per_epoch = split.num_captions // WORLD
+    flipped = 0
+    for e in range(FIT.num_epochs):
+        pairs.set_epoch_seed(epoch_seed(FIT.seed, e))  # as fit does on one process
+        for seen in _seen(two_processes):
+            for j, image, caption in seen[e * per_epoch:(e + 1) * per_epoch]:
+                expected = pairs[j]
+                assert torch.equal(image, expected["image"]) and caption == expected["caption"], (e, j)
+                flipped += not torch.equal(image, images[split.txt_to_img[j]])
+    assert 0.3 < flipped / (FIT.num_epochs * WORLD * per_epoch) < 0.7  # about half of the pairs, flipped
 
 
 def test_only_rank_zero_validates_and_its_checkpoint_resumes_and_loads(two_processes):

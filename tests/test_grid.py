@@ -18,7 +18,7 @@ from siamese_utils.core.models import ModelConfig, build_model
 from siamese_utils.core.train import DEFAULT_MODEL, TrainConfig, make_optimizer
 
 LIGHT = ModelConfig(image_tower="seed_cnn", text_tower="bow", word_dim=16, embed_dim=16)
-QUICK = TrainConfig(num_epochs=1, batch_size=16, image_size=16, max_length=12, eval_batch_size=64)
+QUICK = TrainConfig(num_epochs=1, batch_size=16, image_size=16, max_length=12)
 
 
 def light_grid():
@@ -181,7 +181,7 @@ def test_cli_lists_runs_and_refuses_unknown_variants(small_tiny, tmp_path, capsy
     assert main(["grid", "--only", "default"]) == 2
     assert "--data DIR is needed" in capsys.readouterr().err
     out = tmp_path / "g.csv"
-    assert main(["grid", "--data", str(small_tiny), "--only", "loss: cosine", "--seeds", "3", "--epochs", "1",
+    assert main(["grid", "--data", str(small_tiny), "--only", "loss: cosine", "--seeds", "3", "--num-epochs", "1",
                  "--image-size", "32", "--train-images", "16", "--out", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "loss: cosine" in printed and f"one row per run in {out}" in printed
@@ -192,12 +192,12 @@ def test_cli_lists_runs_and_refuses_unknown_variants(small_tiny, tmp_path, capsy
 
 def test_train_command_records_pretrained_lr(small_tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--epochs", "1", "--image-size", "16",
-                 "--image-encoder", "seed_cnn", "--no-pretrained", "--text-encoder", "bow", "--word-dim", "16",
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--num-epochs", "1", "--image-size", "16",
+                 "--image-tower", "seed_cnn", "--no-pretrained", "--text-tower", "bow", "--word-dim", "16",
                  "--embed-dim", "16", "--pretrained-lr", "1e-4"]) == 0
     assert json.loads((out / "config.json").read_text())["train"]["pretrained_lr"] == 1e-4
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--data", str(small_tiny), "--out", str(tmp_path / "x"), "--pretrained-lr", "0"])
-    assert exit_.value.code == 2 and "--pretrained-lr: 0.0 is not a positive number" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--pretrained-lr: pretrained_lr=0.0 must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     torch.set_num_threads(2)

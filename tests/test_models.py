@@ -2,6 +2,7 @@
 
 import urllib.error
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+from siamese_utils.chapters.seed import SeedSiameseNetwork
+from siamese_utils.chapters.towers import ResNetTower, TransformerTextTower
 from siamese_utils.core import models as M
 from siamese_utils.core.data import read_dataset
 from siamese_utils.core.transforms import (
@@ -70,7 +73,7 @@ def _no_downloads(monkeypatch):
 
 def test_seed_network_runs_on_token_ids_and_gives_one_unit_vector_per_pair(tokenizer, tiny_images):
     torch.manual_seed(0)
-    seed = M.SeedSiameseNetwork().eval()
+    seed = SeedSiameseNetwork().eval()
     ids, _ = _encode(tokenizer, CAPTIONS)
     out = seed(tiny_images[:4], ids)
     assert out.shape == (4, 256)
@@ -82,7 +85,7 @@ def test_seed_network_runs_on_token_ids_and_gives_one_unit_vector_per_pair(token
 def test_seed_network_reads_padding_at_its_last_time_step(tokenizer, tiny_images):
     """The flaw the notebook demonstrates: a short caption's vector depends on its batch-mates' lengths."""
     torch.manual_seed(0)
-    seed = M.SeedSiameseNetwork().eval()
+    seed = SeedSiameseNetwork().eval()
     alone_ids, _ = _encode(tokenizer, CAPTIONS[:1])
     batch_ids, _ = _encode(tokenizer, CAPTIONS[:2])
     with torch.no_grad():
@@ -93,7 +96,7 @@ def test_seed_network_reads_padding_at_its_last_time_step(tokenizer, tiny_images
 
 def test_seed_network_float_input_is_used_as_is():
     torch.manual_seed(0)
-    seed = M.SeedSiameseNetwork().eval()
+    seed = SeedSiameseNetwork().eval()
     vectors = torch.randn(2, 5, 768)
     with torch.no_grad():
         out = seed(torch.randn(2, 3, 32, 32), vectors)
@@ -132,11 +135,11 @@ def _torch_cache(tmp_path, monkeypatch):
 def test_resnet_takes_imagenet_weights_from_the_torch_cache(tmp_path, monkeypatch):
     checkpoint = _torch_cache(tmp_path, monkeypatch)
     torch.manual_seed(1)
-    reference = M.ResNetTower("resnet18").net
+    reference = ResNetTower("resnet18").net
     reference.fc = torch.nn.Linear(512, 1000)
     torch.save(reference.state_dict(), checkpoint)
 
-    tower = M.ResNetTower("resnet18", pretrained=True)
+    tower = ResNetTower("resnet18", pretrained=True)
     assert tower.weights.startswith("ImageNet") and str(checkpoint) in tower.weights
     torch.testing.assert_close(tower.net.conv1.weight, reference.conv1.weight, rtol=0, atol=0)
 
@@ -160,7 +163,7 @@ def test_resnet_failed_download_warns_and_stays_random(tmp_path, monkeypatch):
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", fail)
     with pytest.warns(UserWarning, match="download .* failed .*no route to host"):
-        tower = M.ResNetTower("resnet50", pretrained=True)
+        tower = ResNetTower("resnet50", pretrained=True)
     assert tower.weights == "random initialisation"
 
 
@@ -168,10 +171,10 @@ def test_a_corrupt_or_wrong_cached_resnet_checkpoint_is_named(tmp_path, monkeypa
     checkpoint = _torch_cache(tmp_path, monkeypatch)
     checkpoint.write_bytes(b"<html>proxy login page</html>")
     with pytest.raises(RuntimeError, match=r"resnet18-f37072fd\.pth is not a readable weights file.*delete it"):
-        M.ResNetTower("resnet18", pretrained=True)
+        ResNetTower("resnet18", pretrained=True)
     torch.save({"conv1.weight": torch.zeros(1)}, checkpoint)  # readable, but not ResNet-18's weights
     with pytest.raises(RuntimeError, match=r"resnet18-f37072fd\.pth does not hold resnet18's ImageNet weights"):
-        M.ResNetTower("resnet18", pretrained=True)
+        ResNetTower("resnet18", pretrained=True)
     assert checkpoint.exists()  # named, not deleted behind the user's back
 
 
@@ -377,7 +380,7 @@ def test_a_transformer_with_another_vocabulary_is_refused(tmp_path):
     BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="vocabulary of 100 tokens"):
-        M.TransformerTextTower(str(tmp_path))
+        TransformerTextTower(str(tmp_path))
 
 
 def test_unknown_tower_names_list_the_choices():
@@ -464,7 +467,7 @@ def test_describe_lists_every_part_with_counts_and_shapes(small_model):
 def test_model_config_round_trips_and_validates():
     config = M.ModelConfig(image_tower="efficientnet_lite0", text_tower="minilm", freeze_image=True, embed_dim=128)
     assert M.ModelConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match=r"unknown model setting\(s\) \['embedding_size'\]"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['embedding_size'\] for ModelConfig"):
         M.ModelConfig.from_dict({"embedding_size": 3})
     with pytest.raises(ValueError, match="embed_dim=0 must be a positive integer"):
         M.ModelConfig(embed_dim=0)
@@ -498,3 +501,30 @@ def test_cross_encoder_scores_one_pair_at_a_time(tokenizer, tiny_images):
     assert not torch.allclose(logits, swapped)
     logits.sum().backward()
     assert cross.image_tower.layers[0].weight.grad is not None
+
+
+def test_the_tower_registry_says_what_callers_ask():
+    """Pretrained source, offline availability and pretrained word vectors live in the registry, nowhere else."""
+    image, text = M.IMAGE_TOWERS, M.TEXT_TOWERS
+    assert image["efficientnet_lite0"].offline and image["efficientnet_lite0"].pretrained_source
+    assert image["resnet18"].pretrained_source and not image["resnet18"].offline
+    assert image["seed_cnn"].pretrained_source is None
+    assert text["minilm"].offline and text["minilm"].pretrained_words
+    assert text["bert-base-uncased"].pretrained_words and not text["bert-base-uncased"].offline
+    assert not any(text[name].pretrained_words for name in ("gru", "gru_attention", "bow", "seed_lstm"))
+    with pytest.raises(ValueError, match="already registered"):
+        M.register_tower("image", "seed_cnn", M.Tower(lambda pretrained: None, "another"))
+
+
+def test_the_command_line_defaults_to_frozen_pretrained_weights_only_where_they_are_offline(monkeypatch):
+    """`train` asks the registry, so a tower registered with offline weights gets the locked-image default."""
+    from siamese_utils.tools import cli
+
+    monkeypatch.setitem(M.IMAGE_TOWERS, "resnet18", replace(M.IMAGE_TOWERS["resnet18"], offline=True))
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--image-tower", "resnet18"])
+    model, _, _ = cli._train_settings(args, Path("o"))
+    assert model.pretrained and model.freeze_image
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--image-tower", "resnet50"])
+    model, _, _ = cli._train_settings(args, Path("o"))
+    assert not model.pretrained and not model.freeze_image

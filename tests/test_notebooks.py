@@ -98,7 +98,7 @@ def _padded_batch(tokenizer):
 
 
 def test_seed_network_copied_in_02_is_the_library_one_without_its_embedding():
-    from siamese_utils.core.models import SeedSiameseNetwork
+    from siamese_utils.chapters.seed import SeedSiameseNetwork
 
     SiameseNetwork = _definitions(NB02, "SiameseNetwork")
     torch.manual_seed(0)
@@ -186,14 +186,14 @@ def test_training_loop_taught_in_03_trains_like_the_library(small_tiny, tokenize
     """The notebook's train_one_epoch and siamese_utils.core.train.train_one_epoch reach the same weights."""
     from siamese_utils.core import losses
     from siamese_utils.core import train as T
-    from siamese_utils.core.data import Collator, make_loader, read_dataset
+    from siamese_utils.core.data import Collator, ImageTextDataset, make_loader, read_dataset
     from siamese_utils.core.models import ModelConfig, build_model
 
     notebook_loop = _definitions(NB03, "train_one_epoch")
     split = read_dataset(small_tiny).split("train")
     images = T.prepare_images(split, 16)
     config = T.TrainConfig(batch_size=16, image_size=16, flip="off")
-    dataset = T.PairTensors(images, split.captions, split.txt_to_img)
+    dataset = ImageTextDataset(split, images=images)
     model_config = ModelConfig(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8)
     weights = []
     for which in ("notebook", "library"):
@@ -246,7 +246,7 @@ def test_protocol_taught_in_04_agrees_with_the_library(counts):
 
 def test_fused_scores_in_04_are_the_seed_networks_own():
     """The factorised first fusion layer of chapter 04 gives what the network computes pair by pair."""
-    from siamese_utils.core.models import SeedSiameseNetwork
+    from siamese_utils.chapters.seed import SeedSiameseNetwork
 
     fused_scores = _definitions(NB04, "fused_scores")
     torch.manual_seed(0)

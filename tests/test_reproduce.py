@@ -21,7 +21,7 @@ from siamese_utils.tools.reproduce import EXIT_DIFFERENT, EXIT_FAILED, compare_m
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = REPO / "results" / "expected.json"
-SMALL_FLAGS = ["--image-encoder", "seed_cnn", "--embed-dim", "16", "--word-dim", "8", "--text-hidden", "8",
+SMALL_FLAGS = ["--image-tower", "seed_cnn", "--embed-dim", "16", "--word-dim", "8", "--text-hidden", "8",
                "--image-size", "16", "--batch-size", "16"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -50,7 +50,7 @@ def _reproduce(*args, capsys=None):
 def trained(small_tiny, tmp_path_factory):
     """A small `train` run: the run folder a notebook of the series would leave behind."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--epochs", "1", *SMALL_FLAGS]) == 0
+    assert main(["train", "--data", str(small_tiny), "--out", str(out), "--num-epochs", "1", *SMALL_FLAGS]) == 0
     return out
 
 

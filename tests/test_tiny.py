@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from siamese_utils.chapters import analysis
 from siamese_utils.datasets import tiny
 from siamese_utils.core.data import load_image, read_dataset
 from siamese_utils.datasets.tiny import COLOURS, RELATION_WORDS, TinyConfig, write_tiny_dataset
@@ -165,9 +166,9 @@ def test_failure_analysis_names_what_the_top_image_gets_wrong(tiny_dir):
     test = read_dataset(tiny_dir).split("test")
     owner = test.txt_to_img
     sim = (np.arange(len(test))[:, None] == owner[None, :]).astype(np.float32)
-    perfect = tiny.failure_analysis(test, sim)
+    perfect = analysis.failure_analysis(test, sim)
     assert len(perfect) == test.num_captions and (perfect["rank"] == 1).all() and (perfect["wrong"] == "").all()
-    assert set(perfect["asks"].cat.categories) == set(tiny.ASKS.values())
+    assert set(perfect["asks"].cat.categories) == set(analysis.ASKS.values())
     pairs = perfect[perfect["partner"] >= 0]
     assert pairs["beats_partner"].all() and perfect.loc[perfect["partner"] < 0, "beats_partner"].isna().all()
 
@@ -180,20 +181,20 @@ def test_failure_analysis_names_what_the_top_image_gets_wrong(tiny_dir):
                         and s["objects"][0]["colour"] != scenes[owner[single]]["objects"][0]["colour"])
     sim[partner, paired] = 2.0
     sim[two_shape_image, single] = 2.0
-    report = tiny.failure_analysis(test, sim)
+    report = analysis.failure_analysis(test, sim)
     assert report.loc[paired, ["rank", "top", "wrong"]].tolist() == [2, partner, "its minimal pair"]
     assert not report.loc[paired, "beats_partner"]
     assert report.loc[single, "wrong"] == "number of shapes"
     sim[two_shape_image, single] = 1.0
     sim[other_single, single] = 3.0
-    assert tiny.failure_analysis(test, sim).loc[single, "wrong"] == "colour"
-    assert tiny._what_differs(scenes[0], scenes[0]) == "arrangement"
+    assert analysis.failure_analysis(test, sim).loc[single, "wrong"] == "colour"
+    assert analysis.what_differs(scenes[0], scenes[0]) == "arrangement"
 
 
 def test_failure_analysis_refuses_other_data(tiny_dir, tmp_path):
     test = read_dataset(tiny_dir).split("test")
     with pytest.raises(ValueError, match=r"sim has shape \(3, 4\); for this split it must be \(images, captions\)"):
-        tiny.failure_analysis(test, np.zeros((3, 4)))
+        analysis.failure_analysis(test, np.zeros((3, 4)))
     (tmp_path / "captions.csv").write_text("image,caption\na.png,a red circle\n")
     from PIL import Image
 
@@ -201,4 +202,4 @@ def test_failure_analysis_refuses_other_data(tiny_dir, tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "images" / "a.png")
     plain = read_dataset(tmp_path, val_fraction=0.0, test_fraction=0.0)
     with pytest.raises(ValueError, match="carry no 'scene'"):
-        tiny.failure_analysis(plain, np.zeros((1, 1)))
+        analysis.failure_analysis(plain, np.zeros((1, 1)))

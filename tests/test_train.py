@@ -1,19 +1,22 @@
 """The training loop: reproducibility, checkpoints, resuming, feature caching and the schedule."""
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
 from siamese_utils.core import train as T
-from siamese_utils.core.data import read_dataset
+from siamese_utils.core.data import ImageTextDataset, read_dataset
 from siamese_utils.core.metrics import METRIC_KEYS
 from siamese_utils.core.models import ModelConfig, build_model
 from siamese_utils.core.runtime import seed_everything
 
 SMALL = ModelConfig(image_tower="seed_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8,
                     vocab_size=30522)
-FAST = dict(num_epochs=3, batch_size=16, image_size=16, lr=3e-3, warmup_epochs=0.5, eval_batch_size=64)
+FAST = dict(num_epochs=3, batch_size=16, image_size=16, lr=3e-3, warmup_epochs=0.5)
+RUNTIME = T.Runtime(eval_batch_size=64)
 
 
 @pytest.fixture(autouse=True)
@@ -24,12 +27,13 @@ def _threads():
     torch.set_num_threads(before)
 
 
-def _run(data_dir, tokenizer, model_config=SMALL, out_dir=None, resume=False, stop_after=None, **train):
+def _run(data_dir, tokenizer, model_config=SMALL, out_dir=None, resume=False, stop_after=None, runtime=RUNTIME,
+         **train):
     data = read_dataset(data_dir)
     config = T.TrainConfig(**{**FAST, **train})
     seed_everything(config.seed)
     model = build_model(model_config)
-    return T.fit(model, data.split("train"), data.split("val"), config, tokenizer, out_dir=out_dir,
+    return T.fit(model, data.split("train"), data.split("val"), config, tokenizer, runtime=runtime, out_dir=out_dir,
                  resume=resume, stop_after=stop_after, progress=False, log=None)
 
 
@@ -76,9 +80,30 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(small_tiny, to
     assert (tmp_path / "cut" / "history.csv").read_text().count("\n") == 4  # header + 3 epochs
 
 
+def test_resume_with_other_runtime_settings_equals_an_uninterrupted_run(small_tiny, tokenizer, tmp_path):
+    """The runtime is not the recipe: loader workers and evaluation batches may change on resume, the result may not.
+
+    The model trains its image tower, so every pair goes through the random flip: its draws depend on the epoch
+    and the caption alone, not on which process loads the pair.
+    """
+    whole = _run(small_tiny, tokenizer, out_dir=tmp_path / "whole")
+    _run(small_tiny, tokenizer, out_dir=tmp_path / "cut", stop_after=1)
+    other = T.Runtime(num_workers=2, eval_batch_size=5, amp=False)
+    resumed = _run(small_tiny, tokenizer, out_dir=tmp_path / "cut", resume=True, runtime=other)
+    assert not resumed.model.is_frozen("image")
+    assert _same_weights(_weights(whole.model), _weights(resumed.model))
+    columns = [c for c in whole.history.columns if c != "seconds"]
+    assert whole.history[columns].equals(resumed.history[columns])
+
+
+def test_fit_leaves_chapter_08_settings_to_fit_at_scale(small_tiny, tokenizer):
+    with pytest.raises(ValueError, match="images='disk'.*fit_at_scale"):
+        _run(small_tiny, tokenizer, runtime=T.Runtime(images="disk"))
+
+
 def test_resume_refuses_other_settings_and_missing_checkpoints(small_tiny, tokenizer, tmp_path):
     _run(small_tiny, tokenizer, out_dir=tmp_path, stop_after=1)
-    with pytest.raises(ValueError, match="trained with other settings"):
+    with pytest.raises(ValueError, match=r"trained with another model or recipe \(lr\)"):
         _run(small_tiny, tokenizer, out_dir=tmp_path, resume=True, lr=1e-2)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         _run(small_tiny, tokenizer, out_dir=tmp_path / "empty", resume=True)
@@ -120,7 +145,7 @@ def test_frozen_image_tower_features_are_computed_once(small_tiny, tokenizer, mo
     data = read_dataset(small_tiny)
     model = counting_build(config)
     before = {k: v.clone() for k, v in model.image_tower.state_dict().items()}
-    T.fit(model, data.split("train"), data.split("val"), T.TrainConfig(**FAST), tokenizer, progress=False, log=None)
+    T.fit(model, data.split("train"), data.split("val"), T.TrainConfig(**FAST), tokenizer, runtime=RUNTIME, progress=False, log=None)
     # one pass over the 48 train and one over the 12 val images (one batch each), none per step
     assert counter["tower"] == 2
     assert _same_weights(before, model.image_tower.state_dict())
@@ -158,24 +183,39 @@ def test_optimizer_skips_weight_decay_on_biases_and_temperature():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(loss="triplet"), "unknown loss 'triplet'"),
+        (dict(loss="triplet"), "loss='triplet'; use one of 'cosine', 'hinge', 'hardest', 'infonce'"),
         (dict(num_epochs=0), "num_epochs=0 must be a positive integer"),
         (dict(batch_size=1), "at least 2 pairs"),
         (dict(lr=-1.0), "lr=-1.0 must be a positive number"),
         (dict(schedule="step"), "schedule='step'"),
         (dict(grad_clip=0.0), "grad_clip=0.0"),
         (dict(num_workers=-1), "num_workers=-1"),
+        (dict(images="cloud"), "images='cloud'; use one of 'memory', 'disk', 'stream'"),
+        (dict(prefetch_factor=0), "prefetch_factor=0 must be a positive integer"),
+        (dict(compile=""), "compile=''"),
     ],
 )
-def test_train_config_rejects_bad_settings(settings, message):
-    with pytest.raises(ValueError, match=message):
-        T.TrainConfig(**settings)
+def test_settings_reject_bad_values(settings, message):
+    runtime = {f.name for f in dataclasses.fields(T.Runtime)}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        (T.Runtime if set(settings) <= runtime else T.TrainConfig)(**settings)
+
+
+def test_recipe_and_runtime_are_apart_and_old_checkpoints_still_read():
+    recipe, runtime = {f.name for f in dataclasses.fields(T.TrainConfig)}, {f.name for f in dataclasses.fields(T.Runtime)}
+    assert not recipe & runtime
+    assert {"num_workers", "images", "compile", "channels_last", "prefetch_factor", "persistent_workers"} <= runtime
+    # a checkpoint of the previous layout stored both in its "train_config"
+    old = {**T.TrainConfig(lr=1e-3).to_dict(), **T.Runtime(num_workers=3).to_dict()}
+    assert T.TrainConfig.from_dict(old) == T.TrainConfig(lr=1e-3)
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['lrr'\] for TrainConfig"):
+        T.TrainConfig.from_dict({"lrr": 1})
 
 
 def test_train_config_round_trips_and_refuses_unknown_keys():
     config = T.TrainConfig(loss="hardest", num_epochs=7)
     assert T.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['epochs'\]"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['epochs'\] for TrainConfig"):
         T.TrainConfig.from_dict({"epochs": 3})
 
 
@@ -273,7 +313,7 @@ def test_progress_bar_does_not_change_the_batches(small_tiny, tokenizer):
     from siamese_utils.core.data import Collator, make_loader
 
     split = read_dataset(small_tiny).split("train")
-    dataset = T.PairTensors(T.prepare_images(split, 16), split.captions, split.txt_to_img)
+    dataset = ImageTextDataset(split, images=T.prepare_images(split, 16))
     config = T.TrainConfig(**FAST)
     plain = [b.caption_index for b in make_loader(dataset, 16, shuffle=True, seed=3, collate_fn=Collator(tokenizer))]
     for progress in (False, True):
@@ -296,9 +336,11 @@ def test_freezing_after_building_keeps_the_config_and_the_feature_cache_in_step(
     model = build_model(ModelConfig.from_dict({**SMALL.to_dict(), "freeze_image": True}))
     model.freeze(image=False)
     assert model.config.freeze_image is False and not model.is_frozen("image")
-    assert T._cache_features(model, T.TrainConfig()) is False  # so the image tower trains
+    split = read_dataset(small_tiny).split("val")
+    images, cpu = T.prepare_images(split, 16), torch.device("cpu")
+    assert T.training_pairs(model, split, images, T.TrainConfig(), cpu)[1] is False  # so the image tower trains
     model = build_model(SMALL).freeze(image=True)
-    assert model.config.freeze_image is True and T._cache_features(model, T.TrainConfig()) is True
+    assert model.config.freeze_image is True and T.training_pairs(model, split, images, T.TrainConfig(), cpu)[1] is True
 
 
 def test_fit_with_checkpoints_needs_a_model_built_from_a_config(small_tiny, tokenizer, tmp_path):

@@ -37,8 +37,8 @@ import torch
 from ..core.data import CaptionedImages
 from ..core.metrics import METRIC_KEYS
 from ..core.models import ModelConfig, build_model
-from ..core.runtime import seed_everything
-from ..core.train import DEFAULT_MODEL, TrainConfig, _atomic_write, evaluate, fit
+from ..core.runtime import atomic_write, seed_everything
+from ..core.train import DEFAULT_MODEL, TrainConfig, evaluate, fit
 
 __all__ = ["Variant", "GridError", "commenter_grid", "run_grid", "read_grid", "summarize_grid", "format_summary"]
 
@@ -228,7 +228,7 @@ def run_grid(variants: Sequence[Variant], train_split: CaptionedImages, val_spli
                 new = pd.DataFrame([row], columns=list(COLUMNS))
                 table = new if table.empty else pd.concat([table, new], ignore_index=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write(path, lambda tmp: table[list(COLUMNS)].to_csv(tmp, index=False))
+                atomic_write(path, lambda tmp: table[list(COLUMNS)].to_csv(tmp, index=False))
             if log is not None:
                 log(f"{variant.name:<32} seed {seed}  rsum {row['rsum']:6.1f}  trained in {row['seconds']:.0f} s")
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype({"seed": int})
@@ -241,7 +241,7 @@ def _run_one(variant: Variant, train: TrainConfig, train_split, val_split, test_
     result = fit(model, train_split, val_split, train, tokenizer, device=device, progress=False, log=None)
     seconds = time.perf_counter() - tick
     test = evaluate(result.model, test_split, tokenizer, device, image_size=train.image_size,
-                    max_length=train.max_length, batch_size=train.eval_batch_size)
+                    max_length=train.max_length)
     return {
         "variant": variant.name, "factor": variant.factor, "level": variant.level, "seed": train.seed,
         **{k: float(test[k]) for k in METRIC_KEYS},

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.metrics import check_txt_to_img
 from ..core.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
 __all__ = [
@@ -146,8 +147,8 @@ def plot_similarity(
         raise ValueError(f"sim has {n} rows (images) but {len(images)} images were given")
     if captions is not None and len(captions) != m:
         raise ValueError(f"sim has {m} columns (captions) but {len(captions)} captions were given")
-    if txt_to_img is not None and len(txt_to_img) != m:
-        raise ValueError(f"sim has {m} columns (captions) but txt_to_img has {len(txt_to_img)} entries")
+    if txt_to_img is not None:
+        check_txt_to_img(txt_to_img, n, m, every_image=False, captions="columns of sim", images="rows of sim")
     lines = max((len(textwrap.wrap(c, wrap)) for c in captions), default=1) if captions is not None else 1
     left = 1.1 if images is not None else 0.0  # a column of thumbnails, in units of cells
     fig, ax = plt.subplots(figsize=(cell * (m + left) + 1.8, cell * n + 0.15 * lines + 0.9), layout="constrained")
@@ -427,14 +428,10 @@ def plot_score_distributions(sim, txt_to_img: Sequence[int], bins: int = 50,
     if sim.ndim != 2:
         raise ValueError(f"sim must be a 2-D (images x captions) matrix, got shape {sim.shape}")
     n, m = sim.shape
-    owner = _as_numpy(txt_to_img, "txt_to_img", dtype=np.int64)
-    if owner.shape != (m,):
-        raise ValueError(f"sim has {m} columns (captions) but txt_to_img has shape {owner.shape}; "
-                         f"pass one image index per caption, ({m},)")
     if n < 2 or m < 1:
         raise ValueError(f"sim has shape {sim.shape}; it needs at least 2 images (rows) and 1 caption (column)")
-    if owner.min() < 0 or owner.max() >= n:
-        raise ValueError(f"txt_to_img holds image indices outside [0, {n}) for the {n} rows of sim")
+    owner = check_txt_to_img(txt_to_img, n, m, every_image=False, captions="columns of sim",
+                             images="rows of sim").numpy()
 
     cols = np.arange(m)
     positives = sim[owner, cols]
@@ -603,12 +600,8 @@ def plot_embedding_map(
     n, m = img.shape[0], txt.shape[0]
     if img.shape[1] != txt.shape[1]:
         raise ValueError(f"img_emb has {img.shape[1]} dimensions and txt_emb {txt.shape[1]}; they must agree")
-    owner = _as_numpy(txt_to_img, "txt_to_img", dtype=np.int64)
-    if owner.shape != (m,):
-        raise ValueError(f"txt_emb has {m} rows (captions) but txt_to_img has shape {owner.shape}; "
-                         f"pass one image index per caption, ({m},)")
-    if owner.min() < 0 or owner.max() >= n:
-        raise ValueError(f"txt_to_img holds image indices outside [0, {n}) for the {n} rows of img_emb")
+    owner = check_txt_to_img(txt_to_img, n, m, every_image=False, captions="rows of txt_emb",
+                             images="rows of img_emb").numpy()
     if images is not None and len(images) != n:
         raise ValueError(f"img_emb has {n} rows but {len(images)} images were given; pass one image per row")
 

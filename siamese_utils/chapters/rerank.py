@@ -1,7 +1,7 @@
 """Two-stage retrieval: a dual encoder finds the top-k, a cross-encoder reorders them.
 
 The design of ALBEF and BLIP. A cross-encoder (here
-:class:`~siamese_utils.core.models.CrossAttentionEncoder`, whose caption tokens
+:class:`CrossAttentionEncoder`, whose caption tokens
 attend over image regions) judges one (image, caption) pair better than two
 independent vectors can, but it must run once per pair: a whole gallery costs
 N x M passes. A dual encoder costs one pass per image and per caption. So the
@@ -36,12 +36,14 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..core.data import Collator
-from ..core.metrics import METRIC_KEYS, metrics_from_scores
-from ..core.models import CrossAttentionEncoder, image_regions
-from ..core.runtime import seed_everything
-from ..core.train import make_scheduler
+from ..core.metrics import METRIC_KEYS, check_txt_to_img, metrics_from_scores
+from ..core.models import MAX_LOGIT_SCALE, DualEncoder, EfficientNetLite0Tower, masked_mean
+from ..core.runtime import epoch_seed, seed_everything
+from ..core.train import decay_groups, make_scheduler
+from .towers import ResNetTower
 
 __all__ = [
     "CrossAttentionEncoder",
@@ -70,16 +72,6 @@ def _normalise(caption: str) -> str:
     return " ".join(caption.lower().split())  # what BERT's uncased tokenizer cannot tell apart either
 
 
-def _owner(txt_to_img: Any, num_images: int, num_captions: int) -> torch.Tensor:
-    owner = torch.as_tensor(np.asarray(txt_to_img), dtype=torch.long)
-    if owner.shape != (num_captions,):
-        raise ValueError(f"txt_to_img has shape {tuple(owner.shape)}; it needs one image index per caption, "
-                         f"({num_captions},)")
-    if num_captions and (owner.min() < 0 or owner.max() >= num_images):
-        raise ValueError(f"txt_to_img holds image indices outside [0, {num_images}) for {num_images} images")
-    return owner
-
-
 def _check_sim(sim: Any) -> torch.Tensor:
     sim = torch.as_tensor(sim)
     if sim.ndim != 2:
@@ -102,7 +94,7 @@ def same_caption_mask(txt_to_img: Any, captions: Sequence[str], num_images: int 
     """
     m = len(captions)
     n = int(num_images) if num_images is not None else (int(np.max(txt_to_img)) + 1 if m else 0)
-    owner = _owner(txt_to_img, n, m)
+    owner = check_txt_to_img(txt_to_img, n, m, every_image=False)
     texts: dict[str, int] = {}
     text_id = torch.tensor([texts.setdefault(_normalise(c), len(texts)) for c in captions], dtype=torch.long)
     has_text = torch.zeros(n, len(texts), dtype=torch.bool)
@@ -191,7 +183,7 @@ def mine_training_pairs(sim: Any, txt_to_img: Any, captions: Sequence[str], per_
     """
     sim = _check_sim(sim)
     n, m = sim.shape
-    owner = _owner(txt_to_img, n, m)
+    owner = check_txt_to_img(txt_to_img, n, m, every_image=False)
     if len(captions) != m:
         raise ValueError(f"sim has {m} caption columns but {len(captions)} captions were given")
     keys = []
@@ -274,7 +266,7 @@ def train_cross_encoder(cross: CrossAttentionEncoder, regions: torch.Tensor, cap
     """Train ``cross`` on ``pairs`` with binary cross-entropy; returns one row per epoch (``loss``, ``seconds``).
 
     ``regions`` are the images' features, computed once
-    (:func:`~siamese_utils.core.models.image_regions` of a frozen tower), indexed by
+    (:func:`image_regions` of a frozen tower), indexed by
     ``pairs.image``; ``captions`` are indexed by ``pairs.caption``. The pairs
     are shuffled every epoch from a generator seeded by ``(config.seed,
     epoch)``, so a run repeats. The image tower, if any, is not trained.
@@ -303,9 +295,7 @@ def train_cross_encoder(cross: CrossAttentionEncoder, regions: torch.Tensor, cap
             states = torch.cat([cross.text_tower.token_states(all_ids[s:s + 256].to(device),
                                                               all_mask[s:s + 256].to(device))
                                 for s in range(0, len(captions), 256)])  # (M, T, H), all padded to one T
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    optimizer = torch.optim.AdamW(decay_groups(params, config.weight_decay), lr=config.lr)
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     rows, step_losses = [], []
@@ -314,7 +304,7 @@ def train_cross_encoder(cross: CrossAttentionEncoder, regions: torch.Tensor, cap
         cross.train()
         if states is not None:
             cross.text_tower.eval()
-        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch)))
         total = 0.0
         for start in range(0, len(pairs), config.batch_size):
             batch = order[start:start + config.batch_size]
@@ -350,7 +340,7 @@ class PairScorer:
 
     The unimodal parts are computed once, here: every image's projected
     regions and every caption's projected token states. A call then runs only
-    the per-pair fusion (:meth:`~siamese_utils.core.models.CrossAttentionEncoder.fuse`)
+    the per-pair fusion (:meth:`CrossAttentionEncoder.fuse`)
     in batches of ``batch_size`` pairs, and returns float32 logits on the CPU.
     ``pairs_scored`` counts the pairs scored so far.
 
@@ -542,3 +532,188 @@ def rerank(sim: Any, score_pairs: PairScores, k: int, k_captions: int | None = N
     t2i_sim = _place_on_top(sim.T, t2i_candidates, t2i_fused, base).T.contiguous()
     i2t_sim = _place_on_top(sim, i2t_candidates, i2t_fused, base)
     return Reranked(t2i_sim, i2t_sim, t2i_candidates, i2t_candidates, k, k_captions, len(unique), seconds)
+
+
+# --------------------------------------------------------------------------- the cross-attention encoder
+
+
+def image_regions(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """An image tower's features per region, before global pooling: ``(B, R, out_dim)``.
+
+    For :class:`EfficientNetLite0Tower` the last feature map, ``R = (S / 32)^2``
+    regions of an ``S``-pixel image (2 x 2 at 64 pixels, 3 x 3 at 96); their
+    mean is exactly the tower's pooled output. For :class:`ResNetTower` its
+    last convolutional map. Any other tower gives its pooled features as one
+    region (``R = 1``).
+
+    Explained in ``notebooks/06_reranking.ipynb``.
+    """
+    if isinstance(tower, EfficientNetLite0Tower):
+        maps = tower.net.forward_features(images * tower.input_scale + tower.input_shift)
+    elif isinstance(tower, ResNetTower):
+        net = tower.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+        maps = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    else:
+        return tower(images).unsqueeze(1)
+    return maps.flatten(2).transpose(1, 2)
+
+
+class CrossAttentionEncoder(nn.Module):
+    """A cross-encoder that fuses *tokens* with image *regions*: each caption token attends over the image.
+
+    The design of ALBEF's and BLIP's matching head, made small. A text tower
+    with per-token states (a :class:`GRUTower`) reads the caption; each token
+    state, projected to ``hidden_dim``, is the query of a scaled dot-product
+    attention over the image's region features (from :func:`image_regions`,
+    projected, plus a learned embedding of each region's position when
+    ``num_regions`` is given). Each token is fused with what it attended to as
+    ``[q, a, q * a]`` through an MLP, the fused tokens are averaged over the
+    real tokens (:func:`masked_mean`) and a linear head gives one match logit
+    per (image, caption) pair.
+
+    So a word can look at *where* in the picture its object is, which a dual
+    encoder, whose image is one pooled vector, cannot. The price: the fusion
+    runs once per pair. The unimodal parts do not depend on the pair and are
+    computed once per image (:meth:`project_regions`) and once per caption
+    (:meth:`encode_tokens`); :meth:`fuse` is the per-pair part.
+
+    Built with :meth:`from_dual_encoder`, it also keeps the dual encoder's own
+    score of the pair: the logit is ``dual_scale * cosine + bias + head(...)``,
+    the cosine computed from the same pooled features with copies of the dual
+    encoder's projections (``dual_scale`` starts at its inverse temperature).
+    Training then learns a *correction* to the dual encoder from its
+    mistakes, and an untrained head ranks exactly like the dual encoder.
+
+    ``score_features(regions, input_ids, attention_mask)`` scores pairs from
+    precomputed region features (a frozen image tower's, computed once);
+    ``forward(images, input_ids, attention_mask)`` runs ``image_tower`` first,
+    like :class:`CrossEncoder`.
+
+    Explained in ``notebooks/06_reranking.ipynb``.
+    """
+
+    def __init__(self, text_tower: nn.Module, image_dim: int, hidden_dim: int = 128, num_regions: int | None = None,
+                 dropout: float = 0.1, image_tower: nn.Module | None = None, dual: "DualEncoder | None" = None):
+        super().__init__()
+        if not callable(getattr(text_tower, "token_states", None)):
+            raise TypeError(f"{type(text_tower).__name__} gives no per-token states; the cross-attention needs a "
+                            "text tower with token_states(input_ids, attention_mask), such as GRUTower")
+        self.text_tower = text_tower
+        self.image_tower = image_tower
+        self.num_regions = num_regions
+        self.image_proj = nn.Sequential(nn.Linear(image_dim, hidden_dim), nn.LayerNorm(hidden_dim))
+        self.region_position = nn.Parameter(torch.zeros(num_regions, hidden_dim)) if num_regions else None
+        self.token_proj = nn.Sequential(nn.Linear(text_tower.out_dim, hidden_dim), nn.LayerNorm(hidden_dim))
+        self.fusion = nn.Sequential(nn.Linear(3 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.head = nn.Linear(hidden_dim, 1)
+        if self.region_position is not None:
+            nn.init.normal_(self.region_position, std=0.02)
+        self.dual_image_proj = self.dual_text_proj = None
+        if dual is not None:
+            import copy
+
+            self.dual_image_proj = copy.deepcopy(dual.image_proj).requires_grad_(False)
+            self.dual_text_proj = copy.deepcopy(dual.text_proj).requires_grad_(False)
+            self.dual_scale = nn.Parameter(dual.logit_scale.detach().exp().clamp(max=MAX_LOGIT_SCALE).clone())
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_dual_encoder(cls, dual: "DualEncoder", **options: Any) -> "CrossAttentionEncoder":
+        """A cross-encoder starting from a trained dual encoder: its text tower (copied), image tower (shared), score.
+
+        Starting from a text tower that already knows the words, and from the
+        dual encoder's score, is what makes a few epochs enough (ALBEF likewise
+        initialises its fusion layers from its text encoder). ``options`` go to
+        the constructor.
+        """
+        import copy
+
+        return cls(copy.deepcopy(dual.text_tower), dual.image_tower.out_dim, image_tower=dual.image_tower,
+                   dual=dual, **options)
+
+    # -- the unimodal parts: once per image, once per caption ------------------------------------------------
+    def project_regions(self, regions: torch.Tensor) -> torch.Tensor:
+        """Region features ``(B, R, image_dim)`` (pooled ``(B, image_dim)``: one region) -> ``(B, R, hidden_dim)``."""
+        if regions.ndim == 2:
+            regions = regions.unsqueeze(1)
+        if regions.ndim != 3:
+            raise ValueError(f"region features must be (B, regions, features), got shape {tuple(regions.shape)}")
+        projected = self.image_proj(regions)
+        if self.region_position is not None:
+            if regions.size(1) != self.num_regions:
+                raise ValueError(
+                    f"the features have {regions.size(1)} regions per image but this cross-encoder was built for "
+                    f"{self.num_regions} (its image size); compute them at the image size it was trained with")
+            projected = projected + self.region_position
+        return projected
+
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids and mask ``(B, T)`` -> projected token states ``(B, T, hidden_dim)``."""
+        return self.token_proj(self.text_tower.token_states(input_ids, attention_mask))
+
+    # -- the per-pair part --------------------------------------------------------------------------------------
+    def fuse(self, regions: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor,
+             dual_cosine: torch.Tensor | None = None) -> torch.Tensor:
+        """Match logits ``(B,)`` from projected regions ``(B, R, H)`` and tokens ``(B, T, H)`` of B pairs.
+
+        ``dual_cosine`` ``(B,)``: the dual encoder's score of each pair (see
+        :meth:`dual_embeddings`), needed by a cross-encoder built from one.
+        """
+        weights = torch.softmax(tokens @ regions.transpose(1, 2) / math.sqrt(tokens.size(-1)), dim=-1)
+        attended = weights @ regions  # (B, T, H): what each token sees in the image
+        fused = self.fusion(torch.cat([tokens, attended, tokens * attended], dim=-1))
+        logits = self.head(masked_mean(fused, attention_mask)).squeeze(-1)
+        if self.dual_image_proj is not None:
+            if dual_cosine is None:
+                raise ValueError("this cross-encoder adds the dual encoder's score: pass dual_cosine")
+            logits = logits + self.dual_scale * dual_cosine
+        return logits
+
+    def dual_embeddings(self, regions: torch.Tensor | None = None, token_states: torch.Tensor | None = None,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The dual encoder's unit embedding of images (from raw region features) or captions (from token states)."""
+        if self.dual_image_proj is None:
+            return None
+        if regions is not None:
+            pooled = regions.mean(dim=1) if regions.ndim == 3 else regions
+            return F.normalize(self.dual_image_proj(pooled), dim=-1)
+        pool = getattr(self.text_tower, "attention", None)
+        if pool is not None:
+            return F.normalize(self.dual_text_proj(pool(token_states, attention_mask)[0]), dim=-1)
+        pooled = masked_mean(token_states, attention_mask)
+        return F.normalize(self.dual_text_proj(pooled), dim=-1)
+
+    def score_features(self, regions: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor:
+        """Match logits ``(B,)`` for the pairs (regions[i], caption i), from precomputed region features."""
+        states = self.text_tower.token_states(input_ids, attention_mask)
+        return self.score_states(regions, states, attention_mask)
+
+    def score_states(self, regions: torch.Tensor, token_states: torch.Tensor,
+                     attention_mask: torch.Tensor) -> torch.Tensor:
+        """Match logits ``(B,)`` from raw region features and the text tower's token states of B pairs."""
+        cosine = None
+        if self.dual_image_proj is not None:
+            cosine = (self.dual_embeddings(regions=regions)
+                      * self.dual_embeddings(token_states=token_states, attention_mask=attention_mask)).sum(-1)
+        return self.fuse(self.project_regions(regions), self.token_proj(token_states), attention_mask, cosine)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Match logits ``(B,)`` for the pairs (images[i], caption i), through ``image_tower``."""
+        if self.image_tower is None:
+            raise ValueError("this cross-encoder has no image tower: pass image_tower= when building it, "
+                             "or score precomputed region features with score_features")
+        return self.score_features(image_regions(self.image_tower, images), input_ids, attention_mask)
+
+    def match_probability(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """``sigmoid(logits)``: the probability that each caption describes its image."""
+        return torch.sigmoid(self(images, input_ids, attention_mask))
+
+    def train(self, mode: bool = True) -> "CrossAttentionEncoder":
+        """Training mode for the fusion layers and the text tower; the image tower (used frozen) stays in eval mode."""
+        super().train(mode)
+        if self.image_tower is not None:
+            self.image_tower.eval()
+        return self

@@ -519,7 +519,7 @@ class ImageSearchPanel(_Panel):
         self.thumbs = thumbnails or _Thumbnails(gallery.split)
         records = gallery.split.records
         self.picker = w.Dropdown(options=[(f"{i}: {r.name} — {r.captions[0]}", i) for i, r in enumerate(records)],
-                                 value=gallery._index(image), description="Image", layout=w.Layout(width="95%"))
+                                 value=gallery.check_index(image), description="Image", layout=w.Layout(width="95%"))
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload an image")
         self.k = w.IntSlider(value=k, min=1, max=min(20, len(gallery.split.captions)), description="k",
                              continuous_update=False)

@@ -2,23 +2,20 @@
 
 Explained in ``notebooks/01_preprocessing.ipynb``.
 
-A dataset is a folder ``DIR/`` holding Karpathy's split file ``DIR/dataset.json``
-and the images at ``DIR/images/<filepath>/<filename>``::
+A dataset is a folder holding Karpathy's split file ``dataset.json`` and the images at
+``images/<filepath>/<filename>``::
 
     {"images": [{"filename": "000000.png", "split": "train",
                  "sentences": [{"raw": "a small red circle"}, ...]}, ...]}
 
-``filepath`` is optional (COCO uses it, Flickr does not); ``split`` is one of
-``train``, ``val``, ``test`` or ``restval`` (COCO's extra training images,
-counted as train). Other fields are kept and ignored. People bringing their own
-data can instead put a CSV file ``DIR/captions.csv`` with ``image,caption``
-rows (one row per caption, optional ``split`` column) beside ``DIR/images/``.
+``filepath`` is optional (COCO uses it); ``split`` is ``train``, ``val``, ``test`` or ``restval`` (COCO's extra training
+images, counted as train); other fields are kept. Your own data can instead come as ``captions.csv`` with
+``image,caption`` rows (optional ``split`` column) beside ``images/``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -31,31 +28,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .runtime import seed_worker
+from .runtime import epoch_seed, seed_worker
 
-__all__ = [
-    "DatasetError",
-    "ImageRecord",
-    "CaptionedImages",
-    "read_dataset",
-    "read_karpathy_json",
-    "read_captions_csv",
-    "load_image",
-    "to_rgb",
-    "ImageTextDataset",
-    "ImageDataset",
-    "Batch",
-    "Collator",
-    "make_loader",
-    "IMAGE_PIPELINES",
-    "resize_to_uint8",
-    "normalize_uint8",
-    "DiskImages",
-    "StreamedImages",
-    "build_image_cache",
-    "default_cache_dir",
-    "shutdown_workers",
-]
+__all__ = ["DatasetError", "ImageRecord", "CaptionedImages", "read_dataset", "read_karpathy_json", "read_captions_csv",
+           "load_image", "to_rgb", "ImageTextDataset", "ImageDataset", "Batch", "Collator", "make_loader"]
 
 SPLITS = ("train", "val", "test", "restval")
 TRAIN_SPLITS = ("train", "restval")  # restval is COCO's extra training data
@@ -64,10 +40,7 @@ FORMAT_HELP = "see 'Datasets' in the README for the expected layout"
 
 
 class DatasetError(ValueError):
-    """A dataset file, entry or image is wrong. The message names it and says what to do.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """A dataset file, entry or image is wrong. The message names it and says what to do."""
 
 
 def _raise_problems(source: Path, problems: list[str], what_to_do: str) -> None:
@@ -78,14 +51,9 @@ def _raise_problems(source: Path, problems: list[str], what_to_do: str) -> None:
 
 
 # --------------------------------------------------------------------------- records
-
-
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image and its captions, as read from a dataset file.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """One image and its captions, as read from a dataset file."""
 
     index: int  # position in the dataset file; stable across splits
     name: str  # the image's path below images/: "<filepath>/<filename>" or "<filename>"
@@ -97,18 +65,10 @@ class ImageRecord:
 
 
 class CaptionedImages(Sequence[ImageRecord]):
-    """Images with their captions: the whole dataset or one split of it.
-
-    Captions are numbered in image order; ``txt_to_img[j]`` is the position of
-    caption ``j``'s image, which is what the retrieval metrics need.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """Images with their captions (the dataset or a split); ``txt_to_img[j]``: the position of caption ``j``'s image."""
 
     def __init__(self, records: Sequence[ImageRecord], source: Path, name: str = "all"):
-        self.records = list(records)
-        self.source = Path(source)
-        self.name = name
+        self.records, self.source, self.name = list(records), Path(source), name
 
     def __len__(self) -> int:
         return len(self.records)
@@ -122,10 +82,7 @@ class CaptionedImages(Sequence[ImageRecord]):
         return iter(self.records)
 
     def __repr__(self) -> str:
-        return (
-            f"CaptionedImages({self.name!r}: {len(self)} images, {self.num_captions} captions, "
-            f"from {self.source})"
-        )
+        return f"CaptionedImages({self.name!r}: {len(self)} images, {self.num_captions} captions, from {self.source})"
 
     def split(self, name: str) -> "CaptionedImages":
         """The images of one split; ``"train"`` includes ``restval``."""
@@ -151,37 +108,23 @@ class CaptionedImages(Sequence[ImageRecord]):
     def summary(self):
         """A table: images, captions and captions per image for each split."""
         import pandas as pd
-
         rows = []
         for split in ("train", "val", "test"):
             part = self.split(split)
             per = [len(r.captions) for r in part] or [0]
-            rows.append(
-                {
-                    "split": split,
-                    "images": len(part),
-                    "captions": part.num_captions,
-                    "captions/image": f"{min(per)}-{max(per)}" if min(per) != max(per) else str(min(per)),
-                }
-            )
+            rows.append({"split": split, "images": len(part), "captions": part.num_captions,
+                         "captions/image": f"{min(per)}-{max(per)}" if min(per) != max(per) else str(min(per))})
         return pd.DataFrame(rows).set_index("split")
 
     def to_frame(self):
         """One row per caption: image index, image name, split and caption."""
         import pandas as pd
-
-        return pd.DataFrame(
-            [
-                {"image": i, "name": r.name, "split": r.split, "caption": c}
-                for i, r in enumerate(self.records)
-                for c in r.captions
-            ]
-        )
+        return pd.DataFrame([{"image": i, "name": r.name, "split": r.split, "caption": c}
+                             for i, r in enumerate(self.records) for c in r.captions])
 
     def check_images(self, progress: bool = False) -> None:
         """Decode every image; raise one :class:`DatasetError` listing those that fail."""
         from tqdm.auto import tqdm
-
         problems = []
         for r in tqdm(self.records, desc="checking images", disable=not progress):
             try:
@@ -193,17 +136,8 @@ class CaptionedImages(Sequence[ImageRecord]):
 
 
 # --------------------------------------------------------------------------- readers
-
-
 def read_dataset(path: str | os.PathLike, check_files: bool = True, **csv_options: Any) -> CaptionedImages:
-    """Read a dataset folder (``dataset.json`` or ``captions.csv``) or one of those files.
-
-    With ``check_files`` every image file must exist (only existence is checked
-    here; decoding errors are reported when an image is loaded, or all at once
-    by :meth:`CaptionedImages.check_images`).
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """Read a dataset folder (``dataset.json`` or ``captions.csv``) or file; ``check_files``: every image must exist."""
     p = Path(path)
     if p.is_dir():
         if (p / "dataset.json").is_file():
@@ -211,10 +145,8 @@ def read_dataset(path: str | os.PathLike, check_files: bool = True, **csv_option
         elif (p / "captions.csv").is_file():
             p = p / "captions.csv"
         else:
-            raise DatasetError(
-                f"{p}: no dataset.json (Karpathy's split file) or captions.csv in this folder; "
-                f"{FORMAT_HELP}, or pass the file itself."
-            )
+            raise DatasetError(f"{p}: no dataset.json (Karpathy's split file) or captions.csv in this folder; "
+                               f"{FORMAT_HELP}, or pass the file itself.")
     if not p.exists():
         raise DatasetError(f"{p}: no such file or folder; {FORMAT_HELP}.")
     if p.suffix.lower() == ".csv":
@@ -224,16 +156,9 @@ def read_dataset(path: str | os.PathLike, check_files: bool = True, **csv_option
     return read_karpathy_json(p, check_files=check_files)
 
 
-def read_karpathy_json(
-    path: str | os.PathLike, images_root: str | os.PathLike | None = None, check_files: bool = True
-) -> CaptionedImages:
-    """Read Karpathy's ``dataset.json`` (Flickr8k, Flickr30k, COCO, the tiny set).
-
-    Images are looked up at ``images_root/<filepath>/<filename>``, where
-    ``images_root`` defaults to the ``images`` folder beside the file.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+def read_karpathy_json(path: str | os.PathLike, images_root: str | os.PathLike | None = None,
+                       check_files: bool = True) -> CaptionedImages:
+    """Read Karpathy's ``dataset.json``; images are at ``images_root/<filepath>/<filename>`` (default: ``images/``)."""
     path = Path(path)
     root = Path(images_root) if images_root is not None else path.parent / "images"
     try:
@@ -243,14 +168,10 @@ def read_karpathy_json(
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is this the right file?") from None
     except json.JSONDecodeError as e:
-        raise DatasetError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-            "the file may be truncated: download it again."
-        ) from None
+        raise DatasetError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                           "the file may be truncated: download it again.") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise DatasetError(
-            f'{path}: expected a JSON object with an "images" list (Karpathy\'s format); {FORMAT_HELP}.'
-        )
+        raise DatasetError(f'{path}: expected a JSON object with an "images" list (Karpathy\'s format); {FORMAT_HELP}.')
 
     records: list[ImageRecord] = []
     problems: list[str] = []
@@ -307,22 +228,11 @@ def read_karpathy_json(
     return CaptionedImages(records, path)
 
 
-def read_captions_csv(
-    path: str | os.PathLike,
-    images_root: str | os.PathLike | None = None,
-    check_files: bool = True,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-) -> CaptionedImages:
-    """Read a CSV file of ``image,caption`` rows, one row per caption.
+def read_captions_csv(path: str | os.PathLike, images_root: str | os.PathLike | None = None, check_files: bool = True,
+                      val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> CaptionedImages:
+    """Read a CSV file of ``image,caption`` rows (one per caption; ``image``: a path below ``images_root``).
 
-    ``image`` is a path below ``images_root`` (default: the ``images`` folder
-    beside the file). An optional ``split`` column assigns splits; without it
-    the images are split at random (seeded) into ``val_fraction`` and
-    ``test_fraction`` of the images for validation and test, the rest train.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
+    Without a ``split`` column, ``val_fraction`` and ``test_fraction`` of the images go to val and test (seeded).
     """
     path = Path(path)
     root = Path(images_root) if images_root is not None else path.parent / "images"
@@ -331,22 +241,18 @@ def read_captions_csv(
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found; {FORMAT_HELP}.") from None
     except UnicodeDecodeError as e:
-        raise DatasetError(
-            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8 and try again."
-        ) from None
+        raise DatasetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8 and try "
+                           "again.") from None
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if "image" not in header or "caption" not in header:
-            raise DatasetError(
-                f"{path}: the first line must be a header naming the columns 'image' and 'caption' "
-                f"(and optionally 'split'); found {header or 'an empty file'}. "
-                "Add the header line, e.g. 'image,caption'."
-            )
+            raise DatasetError(f"{path}: the first line must be a header naming the columns 'image' and 'caption' (and "
+                               f"optionally 'split'); found {header or 'an empty file'}. Add the header line, e.g. "
+                               "'image,caption'.")
         reader.fieldnames = header
         has_split = "split" in header
-        order: dict[str, int] = {}
-        first_line: dict[str, int] = {}
+        first_line: dict[str, int] = {}  # image -> line of its first row, in order of appearance
         captions: dict[str, list[str]] = {}
         splits: dict[str, str] = {}
         problems: list[str] = []
@@ -367,28 +273,22 @@ def read_captions_csv(
                         problems.append(f"line {line} ({image}): split {split!r}; expected one of {', '.join(SPLITS)}")
                         continue
                     if splits.setdefault(image, split) != split:
-                        problems.append(
-                            f"line {line} ({image}): split {split!r}, but an earlier row put this image in "
-                            f"{splits[image]!r}; an image belongs to one split"
-                        )
+                        problems.append(f"line {line} ({image}): split {split!r}, but an earlier row put this image in "
+                                        f"{splits[image]!r}; an image belongs to one split")
                         continue
-                if image not in order:
-                    order[image] = len(order)
-                    first_line[image] = line
+                first_line.setdefault(image, line)
                 captions.setdefault(image, []).append(caption)
         except csv.Error as e:
             problems.append(f"line {reader.line_num}: {e}")
     if problems:
         _raise_problems(path, problems, f"Fix these rows in {path.name}.")
-    if not order:
+    if not first_line:
         raise DatasetError(f"{path}: no caption rows below the header.")
-    names = list(order)
+    names = list(first_line)
     if not has_split:
         splits = _random_splits(names, val_fraction, test_fraction, seed)
-    records = [
-        ImageRecord(i, n, root / n, splits[n], tuple(captions[n]), origin=f"line {first_line[n]} ({n})")
-        for i, n in enumerate(names)
-    ]
+    records = [ImageRecord(i, n, root / n, splits[n], tuple(captions[n]), origin=f"line {first_line[n]} ({n})")
+               for i, n in enumerate(names)]
     if check_files:
         _check_files_exist(path, records, root)
     return CaptionedImages(records, path)
@@ -396,45 +296,31 @@ def read_captions_csv(
 
 def _random_splits(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"val_fraction={val_fraction} and test_fraction={test_fraction} must each lie in [0, 1) "
-            "and add up to less than 1"
-        )
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must each lie in [0, 1) and "
+                         "add up to less than 1")
     perm = np.random.default_rng(seed).permutation(len(names))
     n_val = int(round(val_fraction * len(names)))
     n_test = int(round(test_fraction * len(names)))
-    split = {}
-    for rank, i in enumerate(perm):
-        split[names[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    return split
+    return {names[i]: "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+            for rank, i in enumerate(perm)}
 
 
 def _check_files_exist(source: Path, records: list[ImageRecord], root: Path) -> None:
     if not root.is_dir():
-        raise DatasetError(
-            f"{source}: the image folder {root} does not exist. Put the images there "
-            f"(as images/<filepath>/<filename>); {FORMAT_HELP}."
-        )
+        raise DatasetError(f"{source}: the image folder {root} does not exist. Put the images there "
+                           f"(as images/<filepath>/<filename>); {FORMAT_HELP}.")
     missing = [f"{r.origin}: {r.path} is missing" for r in records if not r.path.is_file()]
     if missing:
-        _raise_problems(
-            source,
-            missing,
-            f"Put the missing images under {root}, or remove their entries from {source.name}.",
-        )
+        _raise_problems(source, missing, f"Put the missing images under {root}, or remove their entries from "
+                                         f"{source.name}.")
 
 
 # --------------------------------------------------------------------------- images
-
-
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Convert any Pillow image to 8-bit RGB, correctly.
 
-    Transparent pixels are composited onto ``background`` (``convert("RGB")``
-    would show whatever colour they happen to store, often black), and 16-bit
+    Transparent pixels go onto ``background`` (``convert("RGB")`` shows whatever colour they store, often black); 16-bit
     images are scaled to 8 bits (``convert`` would clip them to white).
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
     """
     mode = image.mode
     if mode == "RGB":
@@ -453,12 +339,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as 8-bit RGB, upright (EXIF orientation applied).
-
-    Any failure raises :class:`DatasetError` naming the file and what to do.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """Open an image file as 8-bit RGB, upright (EXIF orientation applied); a failure raises :class:`DatasetError`."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -468,20 +349,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 upright = ImageOps.exif_transpose(im)
                 return to_rgb(upright if upright is not None else im)
     except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found; put it there or remove its entry from the dataset file.") from None
+        raise DatasetError(f"{path}: image file not found; put it there or remove its entry from the dataset "
+                           "file.") from None
     except Image.DecompressionBombError as e:
-        raise DatasetError(
-            f"{path}: {e} If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS; otherwise remove its entry."
-        ) from None
+        raise DatasetError(f"{path}: {e} If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS; otherwise remove "
+                           "its entry.") from None
     except UnidentifiedImageError:
-        raise DatasetError(
-            f"{path}: not an image file Pillow can read; replace it with the real image or remove its entry."
-        ) from None
+        raise DatasetError(f"{path}: not an image file Pillow can read; replace it with the real image or remove its "
+                           "entry.") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(
-            f"{path}: cannot decode the image ({e}); the file is truncated or corrupt. "
-            "Download it again, or remove its entry from the dataset file."
-        ) from None
+        raise DatasetError(f"{path}: cannot decode the image ({e}); the file is truncated or corrupt. Download it "
+                           "again, or remove its entry from the dataset file.") from None
 
 
 class _ImageSource:
@@ -495,44 +373,38 @@ class _ImageSource:
         self.images: list[Image.Image] | None = None
         if self.cache:
             from tqdm.auto import tqdm
-
-            # Decode now, in the main process: errors surface at once, and
-            # DataLoader workers started later share the decoded images.
+            # Decode now, in the main process: errors surface at once, and DataLoader workers share the decoded images.
             self.images = [load_image(p) for p in tqdm(self.paths, desc="decoding images", disable=not progress)]
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Image.Image:
-        if self.images is not None:
-            return self.images[i]
-        return load_image(self.paths[i])
+        return self.images[i] if self.images is not None else load_image(self.paths[i])
 
 
 class ImageTextDataset(torch.utils.data.Dataset):
     """(image, caption) pairs, one item per caption, for training.
 
-    ``transform(image, caption) -> (image, caption)`` is applied to each pair
-    together, so that an augmentation can keep the caption true (see
-    :class:`siamese_utils.core.transforms.ImageTextTransform`). Images are decoded once
-    and cached in memory when ``cache_images`` is true (default: for splits of at
-    most 2,000 images).
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
+    Images come from the split's files (kept decoded when ``cache_images``; default: for up to 2,000 images) or from
+    ``images``, by image number: pixels ``(N, 3, S, S)`` or a frozen tower's features ``(N, F)``. The ``transform`` sees
+    each (image, caption) pair whole, so that it can keep the caption true; after :meth:`set_epoch_seed` its draws for
+    caption ``j`` depend on the epoch's seed and ``j`` alone.
     """
 
-    def __init__(
-        self,
-        data: CaptionedImages,
-        transform: Callable[[Image.Image, str], tuple[Any, str]] | None = None,
-        cache_images: bool | None = None,
-        progress: bool = False,
-    ):
-        self.data = data
-        self.transform = transform
-        self.images = _ImageSource(data, cache_images, progress)
-        self.captions = data.captions
-        self.txt_to_img = data.txt_to_img
+    def __init__(self, data: CaptionedImages, transform: Callable[[Any, str], tuple[Any, str]] | None = None,
+                 cache_images: bool | None = None, progress: bool = False, *, images: Any = None):
+        if transform is not None and getattr(images, "ndim", None) == 2:
+            raise ValueError("cached features (N, F) cannot be transformed like images; use transform=None")
+        self.data, self.transform = data, transform
+        self.images = images if images is not None else _ImageSource(data, cache_images, progress)
+        self.captions, self.txt_to_img = data.captions, data.txt_to_img
+        # In shared memory, so that workers kept alive across epochs see each new epoch's seed.
+        self._epoch_seed = torch.full((), -1, dtype=torch.long).share_memory_()
+
+    def set_epoch_seed(self, seed: int | None) -> None:
+        """Derive each pair's random draws from ``seed`` and its caption index (``None``: torch's running state)."""
+        self._epoch_seed.fill_(-1 if seed is None else seed)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -541,25 +413,22 @@ class ImageTextDataset(torch.utils.data.Dataset):
         i = int(self.txt_to_img[j])
         image, caption = self.images[i], self.captions[j]
         if self.transform is not None:
-            image, caption = self.transform(image, caption)
+            seed = int(self._epoch_seed)
+            if seed < 0:
+                image, caption = self.transform(image, caption)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(epoch_seed(seed, j))
+                    image, caption = self.transform(image, caption)
         return {"image": image, "caption": caption, "image_index": i, "caption_index": j}
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """The images of a split, once each, in order: for encoding a gallery.
+    """The images of a split, once each, in order: for encoding a gallery."""
 
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
-
-    def __init__(
-        self,
-        data: CaptionedImages,
-        transform: Callable[[Image.Image], Any] | None = None,
-        cache_images: bool | None = None,
-        progress: bool = False,
-    ):
-        self.data = data
-        self.transform = transform
+    def __init__(self, data: CaptionedImages, transform: Callable[[Image.Image], Any] | None = None,
+                 cache_images: bool | None = None, progress: bool = False):
+        self.data, self.transform = data, transform
         self.images = _ImageSource(data, cache_images, progress)
 
     def __len__(self) -> int:
@@ -573,17 +442,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------------- batches
-
-
 @dataclass
 class Batch:
-    """A collated batch: images, padded token ids with their attention mask, and indices.
-
-    ``image_index`` tells which items show the same image (several captions of
-    one image in a batch are not negatives of each other).
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """A collated batch; ``image_index`` tells which items show the same image (they are not each other's negatives)."""
 
     images: torch.Tensor  # (B, 3, H, W) float
     input_ids: torch.Tensor  # (B, T) long, T = longest caption in this batch
@@ -596,14 +457,9 @@ class Batch:
         return len(self.captions)
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
-        return replace(
-            self,
-            images=fn(self.images),
-            input_ids=fn(self.input_ids),
-            attention_mask=fn(self.attention_mask),
-            image_index=fn(self.image_index),
-            caption_index=fn(self.caption_index),
-        )
+        return replace(self, images=fn(self.images), input_ids=fn(self.input_ids),
+                       attention_mask=fn(self.attention_mask), image_index=fn(self.image_index),
+                       caption_index=fn(self.caption_index))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -613,66 +469,34 @@ class Batch:
 
 
 class Collator:
-    """Collate (image, caption) items into a :class:`Batch`, padding captions per batch.
-
-    Padding to the longest caption *in the batch* (dynamic padding) wastes far
-    fewer positions than padding every caption to a fixed ``max_length``;
-    captions longer than ``max_length`` tokens are truncated.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """Collate items into a :class:`Batch`: captions padded to the batch's longest, cut at ``max_length`` tokens."""
 
     def __init__(self, tokenizer, max_length: int = 64):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.tokenizer, self.max_length = tokenizer, max_length
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(
-            list(captions),
-            padding="longest",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        enc = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def __call__(self, items: list[dict[str, Any]]) -> Batch:
         captions = [it["caption"] for it in items]
         tokens = self.tokenize(captions)
-        return Batch(
-            images=torch.stack([it["image"] for it in items]),
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
-            image_index=torch.tensor([it["image_index"] for it in items], dtype=torch.long),
-            caption_index=torch.tensor([it["caption_index"] for it in items], dtype=torch.long),
-            captions=captions,
-        )
+        return Batch(images=torch.stack([it["image"] for it in items]), input_ids=tokens["input_ids"],
+                     attention_mask=tokens["attention_mask"],
+                     image_index=torch.tensor([it["image_index"] for it in items], dtype=torch.long),
+                     caption_index=torch.tensor([it["caption_index"] for it in items], dtype=torch.long),
+                     captions=captions)
 
 
-def make_loader(
-    dataset: torch.utils.data.Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    collate_fn: Callable | None = None,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-    persistent_workers: bool | None = None,
-    prefetch_factor: int | None = None,
-    sampler: torch.utils.data.Sampler | None = None,
-) -> torch.utils.data.DataLoader:
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
+                collate_fn: Callable | None = None, num_workers: int = 0, drop_last: bool = False,
+                pin_memory: bool = False, persistent_workers: bool | None = None, prefetch_factor: int | None = None,
+                sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
     """A seeded DataLoader: the same ``seed`` gives the same batches, workers or not.
 
-    The shuffling order comes from its own generator, and each worker's Python,
-    NumPy and torch random state is derived from it (random augmentations too).
-    ``persistent_workers`` (default: whenever there are workers) keeps them
-    alive between passes over the loader; ``prefetch_factor`` is the number of
-    batches each worker loads ahead (torch's default, 2, when ``None``);
-    ``sampler`` (e.g. a ``DistributedSampler``) replaces the shuffling.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
+    ``persistent_workers`` (default: if there are workers) keeps them between passes; ``prefetch_factor``: batches per
+    worker loaded ahead (``None``: torch's 2); ``sampler`` (e.g. distributed) replaces the shuffling.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -683,257 +507,11 @@ def make_loader(
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if prefetch_factor is not None and (not isinstance(prefetch_factor, int) or prefetch_factor < 1):
         raise ValueError(f"prefetch_factor must be a positive number of batches per worker, got {prefetch_factor!r}")
-    generator = torch.Generator()
-    generator.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     extra = {} if num_workers == 0 or prefetch_factor is None else {"prefetch_factor": prefetch_factor}
     return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        collate_fn=collate_fn,
-        num_workers=num_workers,
-        worker_init_fn=seed_worker if num_workers > 0 else None,
-        generator=generator,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, collate_fn=collate_fn,
+        num_workers=num_workers, worker_init_fn=seed_worker if num_workers > 0 else None, generator=generator,
+        drop_last=drop_last, pin_memory=pin_memory,
         persistent_workers=num_workers > 0 if persistent_workers is None else (persistent_workers and num_workers > 0),
-        **extra,
-    )
-
-
-
-# --------------------------------------------------------------------------- image pipelines for training
-
-IMAGE_PIPELINES = {
-    "memory": "decode and resize every image once, keep them all in RAM as float tensors (small datasets)",
-    "disk": "decode and resize once into a uint8 cache file, read back per batch (memory-mapped)",
-    "stream": "decode and resize every image again each time it is used (no cache; any dataset size)",
-}
-CACHE_FORMAT_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """Where :func:`build_image_cache` keeps its files: ``$SIAMESE_CACHE_DIR``, else ``~/.cache/siamese_utils``.
-
-    Explained in ``notebooks/08_scaling_up.ipynb``.
-    """
-    root = os.environ.get("SIAMESE_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "siamese_utils"
-
-
-def resize_to_uint8(image: Image.Image, image_size: int) -> np.ndarray:
-    """An RGB image resized to ``image_size`` x ``image_size``, as a ``(3, S, S)`` uint8 array.
-
-    The resize is the evaluation pipeline's own (``torchvision`` ``Resize``
-    with antialiasing), so that :func:`normalize_uint8` of the result equals,
-    bit for bit, what ``build_image_transform(..., train=False)`` returns.
-
-    Explained in ``notebooks/08_scaling_up.ipynb``.
-    """
-    from torchvision import transforms as T
-
-    resized = T.Resize((image_size, image_size), antialias=True)(image)
-    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
-
-
-def normalize_uint8(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``(..., 3, S, S)`` uint8 pixels -> float32 tensor scaled to [0, 1] and ImageNet-normalised.
-
-    The same operations, in the same order, as ``ToTensor`` then ``Normalize``.
-
-    Explained in ``notebooks/08_scaling_up.ipynb``.
-    """
-    from torchvision.transforms import functional as TF
-
-    from .transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    # A copy: the pixels may be a read-only memory map of the cache file.
-    t = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True)).to(torch.float32).div(255)
-    return TF.normalize(t, list(IMAGENET_MEAN), list(IMAGENET_STD))
-
-
-class _PixelArray:
-    """Indexable like an ``(N, 3, S, S)`` float tensor: an int gives one image, a slice a stacked batch."""
-
-    ndim = 4
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def image(self, i: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            images = [self.image(k) for k in range(*i.indices(len(self)))]
-            return torch.stack(images) if images else torch.empty(0, 3, self.image_size, self.image_size)
-        return self.image(int(i))
-
-
-class StreamedImages(_PixelArray):
-    """The images of a split, decoded and resized again at every access: ``images[i]`` is ``(3, S, S)``.
-
-    Nothing is held in memory, so any dataset fits; the price is decoding each
-    image once per epoch, which DataLoader workers do in parallel. Equal, bit
-    for bit, to the ``"memory"`` and ``"disk"`` pipelines.
-
-    Explained in ``notebooks/08_scaling_up.ipynb``.
-    """
-
-    def __init__(self, data: CaptionedImages, image_size: int):
-        self.paths = [r.path for r in data]
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def image(self, i: int) -> torch.Tensor:
-        return normalize_uint8(resize_to_uint8(load_image(self.paths[i]), self.image_size))
-
-
-class DiskImages(_PixelArray):
-    """The images of a split read from a uint8 cache file written by :func:`build_image_cache`.
-
-    The file is memory-mapped (opened lazily in each process, so DataLoader
-    workers share the operating system's page cache instead of copies);
-    ``images[i]`` is the normalised ``(3, S, S)`` float tensor.
-
-    Explained in ``notebooks/08_scaling_up.ipynb``.
-    """
-
-    def __init__(self, path: str | os.PathLike, num_images: int, image_size: int):
-        self.path = Path(path)
-        self.num_images, self.image_size = num_images, image_size
-        self._array: np.ndarray | None = None
-
-    @property
-    def array(self) -> np.ndarray:
-        """The whole cache, ``(N, 3, S, S)`` uint8, memory-mapped read-only."""
-        if self._array is None:
-            self._array = _open_cache(self.path, (self.num_images, 3, self.image_size, self.image_size))
-            if self._array is None:
-                raise DatasetError(f"{self.path}: the image cache is missing or damaged; delete it and train again "
-                                   "to rebuild it")
-        return self._array
-
-    def __getstate__(self):  # workers reopen the file rather than receive a copy of it
-        return {**self.__dict__, "_array": None}
-
-    def __len__(self) -> int:
-        return self.num_images
-
-    def image(self, i: int) -> torch.Tensor:
-        return normalize_uint8(self.array[i])
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):  # one read and one normalisation for a whole batch
-            return normalize_uint8(self.array[i])
-        return self.image(int(i))
-
-
-def shutdown_workers(iterator) -> None:
-    """Stop a DataLoader iterator's worker processes now (a no-op without workers).
-
-    An iterator left to the garbage collector keeps its workers alive until
-    it is collected; after an error it lives as long as the traceback does.
-
-    Explained in ``notebooks/08_scaling_up.ipynb``.
-    """
-    stop = getattr(iterator, "_shutdown_workers", None)
-    if stop is not None:
-        stop()
-
-
-def _open_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if array.dtype != np.uint8 or array.shape != shape:
-        return None
-    return array
-
-
-def _cache_key(data: CaptionedImages, image_size: int) -> str:
-    """What the cached pixels depend on: the dataset file, the split, the size and every image file's state."""
-    files = []
-    for r in data:
-        try:
-            st = r.path.stat()
-            files.append([r.name, st.st_size, st.st_mtime_ns])
-        except OSError:
-            files.append([r.name, None, None])
-    doc = {"format": CACHE_FORMAT_VERSION, "source": str(data.source.resolve()), "split": data.name,
-           "image_size": image_size, "files": files}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-class _ResizedImages(torch.utils.data.Dataset):
-    def __init__(self, paths: list[Path], image_size: int):
-        self.paths, self.image_size = paths, image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return resize_to_uint8(load_image(self.paths[i]), self.image_size)
-
-
-def build_image_cache(data: CaptionedImages, image_size: int, cache_dir: str | os.PathLike | None = None,
-                      num_workers: int = 0, progress: bool = False) -> DiskImages:
-    """Decode and resize the images of ``data`` once into a uint8 ``.npy`` file; reuse it while it is current.
-
-    The file lives in ``cache_dir`` (default :func:`default_cache_dir`) under a
-    name made of the dataset folder, the split, the size and a hash of what
-    the pixels depend on: the dataset file's location, the split, the image
-    size and every image's name, size and modification time. A later run
-    with the same images reuses it; when any of these change, the cache is
-    rebuilt and the stale file of that dataset, split and size removed. It is
-    written to a temporary file and renamed when complete, so a build that is
-    interrupted is never taken for a finished one. ``num_workers`` processes
-    decode in parallel. A corrupt image raises :class:`DatasetError` naming it.
-
-    Explained in ``notebooks/08_scaling_up.ipynb``.
-    """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DatasetError(f"cannot create the image cache folder {cache_dir} ({e.strerror or e}); "
-                           "choose another cache folder") from None
-    source = data.source.resolve()
-    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.parent.name) or "dataset"
-    prefix = f"{slug}-{hashlib.sha256(str(source).encode()).hexdigest()[:8]}-{data.name}-{image_size}px-"
-    final = cache_dir / f"{prefix}{_cache_key(data, image_size)[:20]}.npy"
-    shape = (len(data), 3, image_size, image_size)
-    if _open_cache(final, shape) is not None:
-        return DiskImages(final, len(data), image_size)
-
-    from tqdm.auto import tqdm
-
-    tmp = cache_dir / f".{final.name}.{os.getpid()}.partial"
-    try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        if len(data):
-            loader = make_loader(_ResizedImages([r.path for r in data], image_size), 64, shuffle=False,
-                                 collate_fn=np.stack, num_workers=num_workers, persistent_workers=False)
-            start = 0
-            batches = iter(loader)  # tqdm.auto would call iter() twice, starting a second set of workers
-            try:
-                for batch in tqdm(batches, total=len(loader), desc=f"caching {data.name} images",
-                                  disable=not progress, leave=False):
-                    array[start:start + len(batch)] = batch
-                    start += len(batch)
-            finally:
-                shutdown_workers(batches)
-        array.flush()
-        del array
-        os.replace(tmp, final)  # only a complete file ever carries the final name
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    for stale in cache_dir.glob(f"{prefix}*.npy"):
-        if stale != final:
-            stale.unlink(missing_ok=True)
-    return DiskImages(final, len(data), image_size)
+        **extra)

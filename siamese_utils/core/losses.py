@@ -1,12 +1,9 @@
-"""Contrastive losses for a dual encoder: the seed's cosine-embedding loss used
-correctly, VSE++'s hinge triplet losses (summed and hardest negative) and
-CLIP's symmetric InfoNCE.
+"""Contrastive losses for a dual encoder: the seed's cosine-embedding loss used correctly, VSE++'s hinge triplet losses
+(summed and hardest negative) and CLIP's symmetric InfoNCE.
 
-Every loss takes a batch of unit-length ``img_emb`` and ``txt_emb`` (row ``i``
-of each is a matching pair) and, optionally, ``image_index``: which image each
-pair shows. When one image appears twice in a batch (two of its captions were
-drawn), its other caption is *not* a negative; the losses mask such pairs out
-instead of pushing a true match apart.
+Every loss takes a batch of unit-length ``img_emb`` and ``txt_emb`` (row ``i`` of each is a matching pair) and,
+optionally, ``image_index``: which image each pair shows. Another caption of the same image in the batch is *not* a
+negative; the losses mask such pairs out.
 
 Explained in ``notebooks/03_contrastive_training.ipynb``.
 """
@@ -20,42 +17,27 @@ import torch.nn.functional as F
 
 from .models import MAX_LOGIT_SCALE
 
-__all__ = [
-    "LOSSES",
-    "positive_mask",
-    "cosine_embedding_loss",
-    "hinge_triplet_loss",
-    "info_nce_loss",
-    "contrastive_loss",
-]
+__all__ = ["LOSSES", "positive_mask", "cosine_embedding_loss", "hinge_triplet_loss", "info_nce_loss",
+           "contrastive_loss"]
 
 Reduction = Literal["mean", "sum"]
 
 
 def positive_mask(image_index: torch.Tensor | None, batch_size: int, device=None) -> torch.Tensor:
-    """``(B, B)`` boolean matrix: ``True`` where pair ``i``'s image and pair ``j``'s image are the same.
-
-    Without ``image_index`` every pair is taken to show a different image, and
-    the mask is the identity (the diagonal: each pair with itself).
-
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
-    """
+    """``(B, B)`` mask: ``True`` where pairs ``i`` and ``j`` show the same image (identity without ``image_index``)."""
     if image_index is None:
         return torch.eye(batch_size, dtype=torch.bool, device=device)
     image_index = torch.as_tensor(image_index, device=device)
     if image_index.shape != (batch_size,):
-        raise ValueError(
-            f"image_index has shape {tuple(image_index.shape)}; it needs one image index per pair, ({batch_size},)"
-        )
+        raise ValueError(f"image_index has shape {tuple(image_index.shape)}; it needs one image index per pair, "
+                         f"({batch_size},)")
     return image_index[:, None] == image_index[None, :]
 
 
 def _check_pair(img_emb: torch.Tensor, txt_emb: torch.Tensor) -> None:
     if img_emb.ndim != 2 or img_emb.shape != txt_emb.shape:
-        raise ValueError(
-            f"img_emb {tuple(img_emb.shape)} and txt_emb {tuple(txt_emb.shape)} must both be (batch, dim), "
-            "row i of each being one matching pair"
-        )
+        raise ValueError(f"img_emb {tuple(img_emb.shape)} and txt_emb {tuple(txt_emb.shape)} must both be "
+                         "(batch, dim), row i of each being one matching pair")
 
 
 def _reduce(per_item: torch.Tensor, reduction: Reduction) -> torch.Tensor:
@@ -66,24 +48,13 @@ def _reduce(per_item: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     raise ValueError(f"reduction={reduction!r}; use 'mean' or 'sum'")
 
 
-def cosine_embedding_loss(
-    img_emb: torch.Tensor,
-    txt_emb: torch.Tensor,
-    image_index: torch.Tensor | None = None,
-    margin: float = 0.3,
-    num_negatives: int = 1,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def cosine_embedding_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, image_index: torch.Tensor | None = None,
+                          margin: float = 0.3, num_negatives: int = 1,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
     """The seed's loss, used as intended: ``nn.CosineEmbeddingLoss`` on (image, caption, +-1) triples.
 
-    Each matching pair ``(img_emb[i], txt_emb[i])`` is a ``+1`` triple (loss
-    ``1 - cos``); for each image, ``num_negatives`` captions of *other* images
-    in the batch are drawn at random as ``-1`` triples (loss
-    ``max(0, cos - margin)``). The margin is the seed's 0.3. Captions of the
-    same image are never drawn as negatives. All triples are averaged, as
-    ``CosineEmbeddingLoss`` does.
-
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    Matching pairs are ``+1`` triples (loss ``1 - cos``); for each image, ``num_negatives`` random captions of *other*
+    images are ``-1`` triples (loss ``max(0, cos - margin)``). All triples are averaged.
     """
     _check_pair(img_emb, txt_emb)
     if num_negatives < 1:
@@ -92,9 +63,8 @@ def cosine_embedding_loss(
     same = positive_mask(image_index, batch, img_emb.device)
     if bool(same.all()):
         raise ValueError("every pair in this batch shows the same image, so there is no negative caption to draw")
-    # Random scores, -1 on same-image pairs: the top `num_negatives` of each row are
-    # distinct captions of other images (or, when a row has fewer, repeats are avoided
-    # as far as possible by taking the highest-scoring ones).
+    # Random scores, -1 on same-image pairs: the top `num_negatives` of each row are distinct captions of other
+    # images (a row with fewer takes them all, then same-image pairs, which `valid` drops).
     noise = torch.rand(batch, batch, generator=generator, device="cpu").to(img_emb.device)
     noise = noise.masked_fill(same, -1.0)
     k = min(num_negatives, batch - 1)
@@ -102,31 +72,19 @@ def cosine_embedding_loss(
     valid = ~same.gather(1, negatives)  # a row with too few other images can still hit a same-image pair
     rows = torch.arange(batch, device=img_emb.device)[:, None].expand_as(negatives)
     neg_img, neg_txt = img_emb[rows[valid]], txt_emb[negatives[valid]]
-    x1 = torch.cat([img_emb, neg_img])
-    x2 = torch.cat([txt_emb, neg_txt])
+    x1, x2 = torch.cat([img_emb, neg_img]), torch.cat([txt_emb, neg_txt])
     target = torch.cat([torch.ones(batch, device=img_emb.device), -torch.ones(len(neg_img), device=img_emb.device)])
     return F.cosine_embedding_loss(x1, x2, target, margin=margin)
 
 
-def hinge_triplet_loss(
-    img_emb: torch.Tensor,
-    txt_emb: torch.Tensor,
-    image_index: torch.Tensor | None = None,
-    margin: float = 0.2,
-    max_violation: bool = False,
-    reduction: Reduction = "mean",
-) -> torch.Tensor:
+def hinge_triplet_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, image_index: torch.Tensor | None = None,
+                       margin: float = 0.2, max_violation: bool = False, reduction: Reduction = "mean") -> torch.Tensor:
     """VSE++'s hinge triplet loss in both directions, over the in-batch negatives.
 
-    With ``sim = img_emb @ txt_emb.T`` and ``d = diag(sim)``: for image ``i``
-    each caption ``j`` of another image costs ``max(0, margin + sim[i, j] -
-    d[i])``, and for caption ``i`` each other image ``j`` costs ``max(0,
-    margin + sim[j, i] - d[i])``. ``max_violation=False`` sums the costs over
-    the negatives (VSE0); ``max_violation=True`` keeps only the hardest one
-    (VSE++). Per anchor, the two directions are added; ``reduction`` then
-    averages (``"mean"``) or sums (``"sum"``, VSE++'s code) over the batch.
-
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    With ``sim = img_emb @ txt_emb.T`` and ``d = diag(sim)``, image ``i`` pays ``max(0, margin + sim[i, j] - d[i])`` for
+    each caption ``j`` of another image, caption ``i`` pays ``max(0, margin + sim[j, i] - d[i])`` for each other image
+    ``j``. ``max_violation``: only the hardest negative counts (VSE++), else all (VSE0). Per anchor the two directions
+    are added; ``reduction`` then averages or sums (VSE++'s code) over the batch.
     """
     _check_pair(img_emb, txt_emb)
     sim = img_emb @ txt_emb.T
@@ -141,22 +99,13 @@ def hinge_triplet_loss(
     return _reduce(per_anchor, reduction)
 
 
-def info_nce_loss(
-    img_emb: torch.Tensor,
-    txt_emb: torch.Tensor,
-    logit_scale: torch.Tensor | float,
-    image_index: torch.Tensor | None = None,
-) -> torch.Tensor:
+def info_nce_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch.Tensor | float,
+                  image_index: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP's symmetric InfoNCE: cross-entropy over the scaled similarity matrix, both directions.
 
-    ``logits = exp(logit_scale).clamp(max=100) * img_emb @ txt_emb.T``; row
-    ``i`` should pick caption ``i`` and column ``i`` image ``i``; the loss is
-    the mean of the image->text and text->image cross-entropies.
-    ``logit_scale`` is the *log* of the inverse temperature (a model's
-    learnable ``logit_scale``). Other captions of the same image are removed
-    from each softmax (set to ``-inf``) rather than treated as wrong answers.
-
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    ``logits = exp(logit_scale).clamp(max=100) * img_emb @ txt_emb.T`` (``logit_scale``: the *log* of the inverse
+    temperature); row ``i`` should pick caption ``i`` and column ``i`` image ``i``; the loss averages the two
+    cross-entropies. Other captions of the same image are left out of each softmax.
     """
     _check_pair(img_emb, txt_emb)
     scale = torch.as_tensor(logit_scale, dtype=img_emb.dtype, device=img_emb.device).exp().clamp(max=MAX_LOGIT_SCALE)
@@ -177,26 +126,15 @@ LOSSES = {
 }
 
 
-def contrastive_loss(
-    name: str,
-    img_emb: torch.Tensor,
-    txt_emb: torch.Tensor,
-    image_index: torch.Tensor | None = None,
-    *,
-    logit_scale: torch.Tensor | float | None = None,
-    margin: float | None = None,
-    hardest: bool = True,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def contrastive_loss(name: str, img_emb: torch.Tensor, txt_emb: torch.Tensor, image_index: torch.Tensor | None = None,
+                     *, logit_scale: torch.Tensor | float | None = None, margin: float | None = None,
+                     hardest: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """One of :data:`LOSSES` by name, as the training loop calls it.
 
-    ``hardest=False`` makes ``"hardest"`` behave like ``"hinge"`` (the
-    warm-up). ``margin`` defaults to each loss's own (0.3 for ``"cosine"``,
-    0.2 for the hinge losses); ``"infonce"`` needs ``logit_scale``.
-
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
+    ``hardest=False`` makes ``"hardest"`` behave like ``"hinge"`` (the warm-up); ``margin`` defaults to each loss's own
+    (cosine 0.3, hinge 0.2); ``"infonce"`` needs ``logit_scale``.
     """
-    own_margin = {} if margin is None else {"margin": margin}  # else each loss's default
+    own_margin = {} if margin is None else {"margin": margin}
     if name == "cosine":
         return cosine_embedding_loss(img_emb, txt_emb, image_index, generator=generator, **own_margin)
     if name in ("hinge", "hardest"):

@@ -1,24 +1,16 @@
-"""Retrieval metrics: Recall@K, median and mean rank in both directions, as
-VSE++ and the papers reporting Flickr30k and COCO compute them.
+"""Retrieval metrics: Recall@K, median and mean rank both ways, as VSE++ and the Flickr30k and COCO papers do.
 
-- image -> text: an image's rank is that of the best-ranked of its own
-  captions among all captions;
+- image -> text: an image's rank is that of the best-ranked of its own captions among all captions;
 - text -> image: a caption's rank is that of its image among all images;
-- ranks count from 0; R@K (percent) is the share of ranks below K;
-  ``medr = floor(median(rank)) + 1`` and ``meanr = mean(rank) + 1``;
-  ``rsum`` adds the six recalls.
+- ranks count from 0; R@K (percent) is the share of ranks below K; ``rsum`` adds the six recalls;
+  ``medr = floor(median(rank)) + 1`` and ``meanr = mean(rank) + 1``.
 
-Ties: a candidate that scores exactly as high as the ground truth counts as
-ranked above it (the pessimistic rule). Templated captions repeat, so equal
-strings embed to equal vectors and tie exactly; handing such ties to the
-ground truth would inflate image -> text recall. Without ties every rule gives
-VSE++'s numbers.
+Ties: a candidate that scores exactly as high as the ground truth counts as ranked above it (the pessimistic rule).
+Templated captions repeat, so equal strings embed to equal vectors and tie exactly; handing such ties to the ground
+truth would inflate image -> text recall. Without ties every rule gives VSE++'s numbers.
 
-Also COCO's "1K" protocol (metrics averaged over five folds of 1,000 images,
-``folds=5``) and the exact scores of chance (:func:`chance_metrics`).
-
-Introduced in ``notebooks/03_contrastive_training.ipynb``; built from scratch,
-checked and timed in ``notebooks/04_evaluation.ipynb``.
+Introduced in ``notebooks/03_contrastive_training.ipynb``; every function here is built from scratch, checked and timed
+in ``notebooks/04_evaluation.ipynb``.
 """
 
 from __future__ import annotations
@@ -28,19 +20,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = [
-    "METRIC_KEYS", "retrieval_ranks", "ranks_from_scores", "retrieval_metrics", "metrics_from_scores",
-    "retrieval_metrics_per_fold", "fold_indices",
-    "chance_metrics", "metrics_table", "format_metrics",
-]  # fmt: skip
+__all__ = ["METRIC_KEYS", "retrieval_ranks", "ranks_from_scores", "retrieval_metrics", "metrics_from_scores",
+           "retrieval_metrics_per_fold", "fold_indices", "check_txt_to_img", "chance_metrics", "metrics_table",
+           "format_metrics"]
 
 _CHUNK_SCORES = 1 << 22  # scores held at once: 4 Mi float32 = 16 MB
 
-METRIC_KEYS = (
-    "i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
-    "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr",
-    "rsum",
-)  # fmt: skip
+METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
+               "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr", "rsum")
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -50,22 +37,29 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return t.detach().to("cpu", torch.float32)
 
 
-def _check_owner(txt_to_img: Any, n: int, m: int) -> torch.Tensor:
+def check_txt_to_img(txt_to_img: Any, num_images: int, num_captions: int, *, every_image: bool = True,
+                     captions: str = "captions", images: str = "images") -> torch.Tensor:
+    """``txt_to_img`` (the image index of each caption) as a long tensor, checked against the sizes it indexes.
+
+    ``every_image``: every image needs a caption. ``captions``, ``images``: what the sizes were read from, for messages.
+    """
     owner = torch.as_tensor(np.asarray(txt_to_img), dtype=torch.long)
-    if owner.shape != (m,):
-        raise ValueError(f"txt_to_img has shape {tuple(owner.shape)}; it needs one image index per caption, ({m},)")
-    if m and (owner.min() < 0 or owner.max() >= n):
-        raise ValueError(f"txt_to_img holds image indices outside [0, {n}) for {n} images")
-    counts = torch.bincount(owner, minlength=n)
-    if bool((counts == 0).any()):
-        missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
-        raise ValueError(f"images {missing} have no caption in txt_to_img; every image needs at least one")
+    if owner.shape != (num_captions,):
+        raise ValueError(f"txt_to_img has shape {tuple(owner.shape)} for {num_captions} {captions}; it needs one "
+                         f"image index per caption, ({num_captions},)")
+    if num_captions and (owner.min() < 0 or owner.max() >= num_images):
+        raise ValueError(f"txt_to_img holds image indices outside [0, {num_images}) for {num_images} {images}")
+    if every_image:
+        counts = torch.bincount(owner, minlength=num_images)
+        if bool((counts == 0).any()):
+            missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
+            raise ValueError(f"images {missing} have no caption in txt_to_img; every image needs at least one")
     return owner
 
 
 def _count_ranks(i2t_block: Callable[[int, int], torch.Tensor], t2i_block: Callable[[int, int], torch.Tensor],
                  owner: torch.Tensor, n: int, m: int, chunk_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks from blocks of scores: ``i2t_block(a, b)`` is images a..b-1 x all captions, ``t2i_block`` captions x images."""
+    """Ranks from score blocks: ``i2t_block(a, b)`` scores images a..b-1, ``t2i_block(a, b)`` captions a..b-1."""
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
     # Image -> text. Captions grouped by image, so a chunk of images owns one contiguous run of them.
@@ -99,54 +93,28 @@ def _count_ranks(i2t_block: Callable[[int, int], torch.Tensor], t2i_block: Calla
 
 
 @torch.no_grad()
-def retrieval_ranks(
-    img_emb: Any, txt_emb: Any, txt_to_img: Any, chunk_size: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def retrieval_ranks(img_emb: Any, txt_emb: Any, txt_to_img: Any,
+                    chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(i2t_ranks, t2i_ranks)``: the 0-based rank of the ground truth for every image and every caption.
 
-    ``img_emb`` is ``(N, D)``, ``txt_emb`` ``(M, D)``, ``txt_to_img`` the image
-    index of each caption (``M`` integers in ``[0, N)``; every image needs at
-    least one caption). Scores are dot products (cosine similarity for unit
-    vectors).
-
-    Vectorised and chunked: image -> text takes ``chunk_size`` images at a
-    time against all captions, text -> image ``chunk_size`` captions at a time
-    against all images, so memory stays at one ``chunk_size x M`` block of
-    scores (by default about 4 million scores, 16 MB) whatever the gallery.
-    Each rank is a count of the candidates scoring at least the ground truth,
-    read off the same block of scores that holds the ground truth; no sort.
-    5,000 images x 25,000 captions (COCO 5K) take about a second on two CPU
-    cores (``benchmarks/evaluation.py``).
-
-    Scores are float32, as in every published evaluation: two candidates whose
-    scores differ by less than float32 rounding (about 1e-7) may be ordered
-    differently by another BLAS library or block size. Ranks equal a
-    per-query sort of the same float32 scores.
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
+    ``img_emb`` is ``(N, D)``, ``txt_emb`` ``(M, D)``, ``txt_to_img`` the image index of each caption. Scores are dot
+    products in float32, as in every published evaluation. ``chunk_size`` images (captions) at a time are scored against
+    all captions (images); the default keeps one block at about 4 million scores (16 MB), whatever the gallery.
     """
-    img = _as_tensor(img_emb, "img_emb")
-    txt = _as_tensor(txt_emb, "txt_emb")
+    img, txt = _as_tensor(img_emb, "img_emb"), _as_tensor(txt_emb, "txt_emb")
     n, m = img.shape[0], txt.shape[0]
     if img.shape[1] != txt.shape[1]:
         raise ValueError(f"img_emb has {img.shape[1]} dimensions and txt_emb {txt.shape[1]}; they must agree")
-    owner = _check_owner(txt_to_img, n, m)
+    owner = check_txt_to_img(txt_to_img, n, m)
     return _count_ranks(lambda a, b: img[a:b] @ txt.T, lambda a, b: txt[a:b] @ img.T, owner, n, m, chunk_size)
 
 
 @torch.no_grad()
 def ranks_from_scores(sim: Any, txt_to_img: Any, chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`retrieval_ranks` for a model that scores pairs without embeddings, from its ``(N, M)`` score matrix.
-
-    For cross-encoders and the seed's fused network, whose scores are not dot
-    products: ``sim[i, j]`` is the score of image ``i`` with caption ``j``.
-    Same protocol, same tie rule.
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
-    """
+    """:func:`retrieval_ranks` from an ``(N, M)`` score matrix: for models whose scores are not dot products."""
     scores = _as_tensor(sim, "sim")
     n, m = scores.shape
-    owner = _check_owner(txt_to_img, n, m)
+    owner = check_txt_to_img(txt_to_img, n, m)
     return _count_ranks(lambda a, b: scores[a:b], lambda a, b: scores[:, a:b].T, owner, n, m, chunk_size)
 
 
@@ -167,13 +135,8 @@ def _metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray) -> dict[str, float]:
 def fold_indices(num_images: int, txt_to_img: Any, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(images, captions)`` index arrays of each of ``folds`` equal, consecutive folds of the images.
 
-    Fold ``f`` holds images ``f*N/folds`` to ``(f+1)*N/folds - 1`` and every
-    caption of those images, in their order: COCO's "1K" protocol is
-    ``folds=5`` on the 5,000 test images (VSE++ takes captions
-    ``5000*f .. 5000*f + 4999``, the same captions when each image has five in
-    a row).
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
+    Fold ``f`` holds images ``f*N/folds`` to ``(f+1)*N/folds - 1`` and all their captions: COCO's "1K" protocol is
+    ``folds=5`` on its 5,000 test images (VSE++'s captions ``5000*f`` to ``5000*f + 4999``, with five per image).
     """
     owner = np.asarray(txt_to_img)
     if not isinstance(folds, (int, np.integer)) or isinstance(folds, bool) or folds < 1:
@@ -187,18 +150,11 @@ def fold_indices(num_images: int, txt_to_img: Any, folds: int) -> list[tuple[np.
 
 
 def retrieval_metrics(img_emb: Any, txt_emb: Any, txt_to_img: Any, folds: int = 1) -> dict[str, float]:
-    """The standard retrieval metrics as a dict with the keys of :data:`METRIC_KEYS`.
+    """The standard retrieval metrics as a dict with the keys of :data:`METRIC_KEYS`; R@K in percent.
 
-    Embeddings may be torch tensors or NumPy arrays; ``txt_to_img`` gives the
-    image of each caption (five per image on Flickr30k, COCO and the tiny set,
-    but any number works). R@K are percentages.
-
-    ``folds=1`` ranks against the whole set (Flickr30k's 1K test, COCO "5K").
-    ``folds=5`` on COCO's 5,000 test images is COCO "1K": every metric is
-    computed within each fold of 1,000 images (see :func:`fold_indices`) and
-    averaged over the folds, as VSE++ and its successors report it.
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
+    Embeddings may be torch tensors or NumPy arrays; ``txt_to_img`` gives the image of each caption. ``folds=1`` ranks
+    against the whole set (Flickr30k's 1K test, COCO "5K"); ``folds=5`` on COCO's 5,000 test images is COCO "1K": each
+    metric is computed within each fold of 1,000 images (:func:`fold_indices`), then averaged over the folds.
     """
     if folds == 1:
         return _metrics_from_ranks(*retrieval_ranks(img_emb, txt_emb, txt_to_img))
@@ -209,41 +165,26 @@ def retrieval_metrics(img_emb: Any, txt_emb: Any, txt_to_img: Any, folds: int = 
 
 
 def retrieval_metrics_per_fold(img_emb: Any, txt_emb: Any, txt_to_img: Any, folds: int) -> list[dict[str, float]]:
-    """:func:`retrieval_metrics` of each fold on its own (their mean is ``retrieval_metrics(..., folds=folds)``).
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
-    """
-    img = _as_tensor(img_emb, "img_emb")
-    txt = _as_tensor(txt_emb, "txt_emb")
+    """:func:`retrieval_metrics` of each fold on its own (their mean is ``retrieval_metrics(..., folds=folds)``)."""
+    img, txt = _as_tensor(img_emb, "img_emb"), _as_tensor(txt_emb, "txt_emb")
     owner = np.asarray(txt_to_img)
     if owner.shape != (txt.shape[0],):
         raise ValueError(f"txt_to_img has shape {owner.shape}; it needs one image index per caption, ({txt.shape[0]},)")
-    out = []
-    for images, captions in fold_indices(img.shape[0], owner, folds):
-        ranks = retrieval_ranks(img[images], txt[captions], owner[captions] - images[0])
-        out.append(_metrics_from_ranks(*ranks))
-    return out
+    return [_metrics_from_ranks(*retrieval_ranks(img[images], txt[captions], owner[captions] - images[0]))
+            for images, captions in fold_indices(img.shape[0], owner, folds)]
 
 
 def metrics_from_scores(sim: Any, txt_to_img: Any) -> dict[str, float]:
-    """:func:`retrieval_metrics` from an ``(N, M)`` score matrix instead of embeddings (see :func:`ranks_from_scores`).
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
-    """
+    """:func:`retrieval_metrics` from an ``(N, M)`` score matrix instead of embeddings (:func:`ranks_from_scores`)."""
     return _metrics_from_ranks(*ranks_from_scores(sim, txt_to_img))
 
 
 def chance_metrics(txt_to_img: Any, num_images: int | None = None) -> dict[str, float]:
-    """What random scores achieve on average: the expected metrics of a model that ranks at random.
+    """What random scores achieve on average: the exact expected metrics of a model that ranks at random.
 
-    Exact, not simulated. Text -> image: a caption's image is equally likely at
-    every rank, so R@K = K / N and the mean rank is (N + 1) / 2. Image -> text:
-    an image with ``c`` of the ``M`` captions misses the top K with probability
-    C(M - c, K) / C(M, K), and its best caption's expected 0-based rank is
-    (M - c) / (c + 1). ``medr`` is the median of the rank distribution, pooled
-    over the queries.
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
+    Text -> image: a caption's image is equally likely at every rank, so R@K = K / N and the mean rank (N + 1) / 2.
+    Image -> text: an image with ``c`` of the ``M`` captions misses the top K with probability C(M - c, K) / C(M, K);
+    its best caption's expected 0-based rank is (M - c) / (c + 1). ``medr``: the median of the pooled rank distribution.
     """
     owner = np.asarray(txt_to_img, dtype=np.int64)
     n = int(num_images) if num_images is not None else int(owner.max()) + 1
@@ -251,7 +192,6 @@ def chance_metrics(txt_to_img: Any, num_images: int | None = None) -> dict[str, 
     counts = np.bincount(owner, minlength=n)
     if (counts == 0).any():
         raise ValueError(f"images {np.flatnonzero(counts == 0)[:5].tolist()} have no caption in txt_to_img")
-    out: dict[str, float] = {}
     # P(best own caption's 0-based rank >= r) = C(M - c, r) / C(M, r), for each image, r = 0 .. M - c.
     r = np.arange(m + 1)
     miss = np.ones((n, m + 1))
@@ -259,12 +199,10 @@ def chance_metrics(txt_to_img: Any, num_images: int | None = None) -> dict[str, 
         factors = np.clip((m - c - r[:-1]) / (m - r[:-1]), 0.0, None)
         miss[counts == c, 1:] = np.cumprod(factors)
     at_least = miss.mean(axis=0)  # pooled over the images
-    for k in (1, 5, 10):
-        out[f"i2t_r{k}"] = 100.0 * (1.0 - at_least[min(k, m)])
+    out = {f"i2t_r{k}": 100.0 * (1.0 - at_least[min(k, m)]) for k in (1, 5, 10)}
     out["i2t_medr"] = float(np.argmax(1.0 - at_least[1:] >= 0.5) + 1)
     out["i2t_meanr"] = float(np.mean((m - counts) / (counts + 1)) + 1)
-    for k in (1, 5, 10):
-        out[f"t2i_r{k}"] = 100.0 * min(k, n) / n
+    out.update({f"t2i_r{k}": 100.0 * min(k, n) / n for k in (1, 5, 10)})
     out["t2i_medr"] = float(np.ceil(n / 2))
     out["t2i_meanr"] = (n + 1) / 2
     out["rsum"] = round(sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)), 9)
@@ -272,15 +210,8 @@ def chance_metrics(txt_to_img: Any, num_images: int | None = None) -> dict[str, 
 
 
 def metrics_table(results: dict[str, dict[str, float]]) -> "pd.DataFrame":
-    """A table of named metric dicts: one row per name, columns grouped by direction, rsum last.
-
-    Columns are a two-level index: ``("image → text", "R@1")`` ... ``("text →
-    image", "meanr")`` and ``("", "rsum")``.
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
-    """
+    """A table of named metric dicts: one row per name, two-level columns (direction, metric), rsum last."""
     import pandas as pd
-
     labels = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "medr": "medr", "meanr": "meanr"}
     directions = {"i2t": "image → text", "t2i": "text → image"}
     columns = [(directions[key[:3]], labels[key[4:]]) if key != "rsum" else ("", "rsum") for key in METRIC_KEYS]
@@ -293,10 +224,7 @@ def metrics_table(results: dict[str, dict[str, float]]) -> "pd.DataFrame":
 
 
 def format_metrics(metrics: dict[str, float], digits: int = 1) -> str:
-    """One line: ``i2t R@1/5/10 ... | t2i R@1/5/10 ... | rsum ...``, rounded to ``digits``.
-
-    Explained in ``notebooks/03_contrastive_training.ipynb``.
-    """
+    """One line: ``i2t R@1/5/10 ... | t2i R@1/5/10 ... | rsum ...``, rounded to ``digits``."""
 
     def r(d: str) -> str:
         return "/".join(f"{metrics[f'{d}_r{k}']:.{digits}f}" for k in (1, 5, 10))

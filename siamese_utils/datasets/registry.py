@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping
 
+from ..core.runtime import atomic_write_text
 from ..core.data import CaptionedImages, DatasetError, read_dataset
 from .tiny import TinyConfig
 
@@ -371,19 +372,8 @@ def _read_stamp(path: Path, checksum: str | None, size: int | None) -> bool:
 
 def _write_stamp(path: Path, checksum: str | None, size: int | None) -> None:
     st = path.stat()
-    _atomic_write_text(_stamp_path(path), json.dumps(
+    atomic_write_text(_stamp_path(path), json.dumps(
         {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "checksum": checksum, "expected_size": size}))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _mismatch(path: Path, size: int | None, checksum: str | None, progress: bool) -> str | None:

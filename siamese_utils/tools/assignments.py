@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .notebooks import OFFLINE_ENV, _environment
+from .notebooks import OFFLINE_ENV, environment_changes
 
 __all__ = [
     "AssignmentError", "Exercise", "find_exercises", "student_version", "write_assignments",
@@ -646,7 +646,7 @@ def _kernel(workdir: Path, timeout: int) -> Iterator[Callable[[Any], _Outcome]]:
             return _Outcome(True)
         return _Outcome(True, error.ename, error.evalue, _ANSI.sub("", "\n".join(error.traceback)))
 
-    with _environment(env):
+    with environment_changes(env):
         try:
             with client.setup_kernel():
                 yield run

@@ -14,6 +14,11 @@ Commands:
 - ``reproduce``: execute every notebook on a copy, evaluate what they train, compare, write a report;
 - ``grid``: chapter 05's comparison of losses and towers, several seeds per variant, results in one CSV.
 
+The settings flags of ``model``, ``train`` and ``grid`` are made from the fields of
+:class:`~siamese_utils.core.models.ModelConfig`, :class:`~siamese_utils.core.train.TrainConfig`
+and :class:`~siamese_utils.core.train.Runtime`: ``--num-epochs`` sets ``num_epochs``,
+with the field's type, choices and help text.
+
 Explained in ``notebooks/01_preprocessing.ipynb`` (data commands) and
 ``notebooks/02_model_construction.ipynb`` (``model``) and
 ``notebooks/03_contrastive_training.ipynb`` (``train``) and
@@ -27,9 +32,13 @@ from __future__ import annotations
 __all__ = ["build_parser", "main"]
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
+import types
+import typing
 from pathlib import Path
 
 from ..core.data import DatasetError, read_dataset
@@ -85,16 +94,7 @@ def _model(args: argparse.Namespace) -> int:
 
     from ..core.models import ModelConfig, build_model
 
-    config = ModelConfig(
-        image_tower=args.image_tower,
-        text_tower=args.text_tower,
-        pretrained=args.pretrained,
-        embed_dim=args.embed_dim,
-        projection=args.projection,
-        freeze_image=args.freeze_image,
-        freeze_text=args.freeze_text,
-    )
-    model = build_model(config)
+    model = build_model(ModelConfig(**_given(args, ModelConfig)))
     table = model.describe(image_size=args.image_size)
     for column in ("parameters", "trainable"):
         table[column] = table[column].map("{:,}".format)
@@ -124,16 +124,126 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-# Settings of `train` that a resumed run must not change; None = not given on the command line.
-_TRAIN_FLAGS = {"loss": "loss", "epochs": "num_epochs", "batch_size": "batch_size", "lr": "lr",
-                "pretrained_lr": "pretrained_lr",
-                "image_size": "image_size", "seed": "seed", "margin": "margin", "images": "images",
-                "channels_last": "channels_last", "compile": "compile", "persistent_workers": "persistent_workers",
-                "prefetch_factor": "prefetch_factor"}
-_MODEL_FLAGS = {"image_encoder": "image_tower", "text_encoder": "text_tower", "embed_dim": "embed_dim",
-                "pretrained": "pretrained", "freeze_image": "freeze_image", "freeze_text": "freeze_text",
-                "word_dim": "word_dim", "text_hidden": "text_hidden"}
-_OFFLINE_IMAGE_WEIGHTS = ("efficientnet_lite0",)
+# --------------------------------------------------------------------------- flags made from the settings dataclasses
+#
+# Every field of ModelConfig, TrainConfig and Runtime is one flag: `--` and the field's name with `-` for `_`,
+# its type, choices and help taken from the field. A flag that is not given leaves its field out of the parsed
+# namespace (argparse.SUPPRESS), so `_given` returns exactly what was typed: the rest comes from the command's
+# defaults, or on `train --resume` from the run's config.json.
+
+
+def _flag(name: str) -> str:
+    """The flag of a settings field: ``num_epochs`` -> ``--num-epochs``."""
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value) -> str:
+    """A default as --help shows it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: still accepted for one release, hidden from --help, one line on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _compile_backend(text: str) -> bool | str:
+    """``--compile BACKEND``: a torch.compile backend's name, or off / on."""
+    lowered = text.strip().lower()
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    if lowered in ("on", "true", "yes", "1", "default"):
+        return True
+    import torch
+
+    known = torch.compiler.list_backends(exclude_tags=())
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch.compile backend; use one of {', '.join(known)}")
+    return text
+
+
+def _converter(cls: type, name: str, base: type, optional: bool):
+    """The argparse ``type`` of a number field: ``base(text)`` (or None for 'none'), checked by ``cls`` itself."""
+
+    def convert(text: str):
+        value = None if optional and text.strip().lower() == "none" else base(text)
+        try:
+            cls(**{name: value})  # the dataclass's own checks (the other fields at their defaults)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    convert.__name__ = base.__name__ + (" or none" if optional else "")  # argparse: "invalid int value: 'x'"
+    return convert
+
+
+def _flag_options(cls: type, f, hint) -> dict:
+    """``add_argument`` options of the field ``f`` of ``cls`` from its type: action or type, choices, metavar."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    members = typing.get_args(hint) if union else (hint,)
+    kinds = [k for k in members if k is not type(None)]
+    optional = len(kinds) < len(members)  # `X | None`: a value, or 'none'
+    if set(kinds) == {bool, str}:  # Runtime.compile: off, on or a backend's name
+        return dict(nargs="?", const=True, type=_compile_backend, metavar="BACKEND")
+    if kinds == [bool]:
+        return dict(action=argparse.BooleanOptionalAction)
+    if "choices" in f.metadata:
+        return dict(choices=list(f.metadata["choices"]))
+    if "registry" in f.metadata:  # a tower's name: the towers registered when the parser is built
+        from ..core.models import IMAGE_TOWERS, TEXT_TOWERS
+
+        return dict(choices=list({"image": IMAGE_TOWERS, "text": TEXT_TOWERS}[f.metadata["registry"]]))
+    if kinds in ([int], [float], [str]):
+        metavar = {int: "N", float: "X", str: "NAME"}[kinds[0]]
+        return dict(type=_converter(cls, f.name, kinds[0], optional), metavar=metavar + ("|none" if optional else ""))
+    raise TypeError(f"no command-line flag for {cls.__name__}.{f.name}: {hint}")
+
+
+def _add_settings(group, cls: type, *, only: tuple[str, ...] | None = None, defaults=None, default_text=None,
+                  renamed=None) -> None:
+    """One flag per field of the settings dataclass ``cls`` (or per field named in ``only``) in ``group``.
+
+    The help is the field's help and "(default: ...)": ``default_text[field]`` where a sentence says it best,
+    else ``defaults[field]`` (the command's defaults) or the field's own. ``renamed`` maps a field to its old
+    flags: accepted, hidden from --help, each use printing "OLD is deprecated; use NEW" on stderr.
+    """
+    hints = typing.get_type_hints(cls)
+    defaults, default_text, renamed = defaults or {}, default_text or {}, renamed or {}
+    for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        options = _flag_options(cls, f, hints[f.name])
+        text = f.metadata.get("help", "")
+        default = defaults.get(f.name, f.default)
+        if f.name in default_text or default != f.default or "(default:" not in text:
+            shown = default_text.get(f.name, _shown(default))
+            text = re.sub(r"\s*\(default: [^)]*\)", "", text) + f" (default: {shown})"
+        group.add_argument(_flag(f.name), dest=f.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"),
+                           **options)
+        for old in renamed.get(f.name, ()):
+            if "action" in options:
+                raise TypeError(f"{old}: an old spelling of an on/off flag ({_flag(f.name)}) is not supported")
+            group.add_argument(old, dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                               action=_Deprecated, new=_flag(f.name), **options)
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict:
+    """The fields of ``cls`` given on the command line, ``{field: value}``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+# --------------------------------------------------------------------------- train, evaluate, search
+
+_GRID_DEFAULTS = {"num_epochs": 2}  # grid: short runs, the same for every variant
 
 
 def _writable_folder(out: Path) -> None:
@@ -146,66 +256,56 @@ def _writable_folder(out: Path) -> None:
         raise ValueError(f"cannot write to the output folder {out} ({e.strerror or e}); choose another --out") from None
 
 
-def _compile_backend(text: str) -> bool | str:
-    """``--compile BACKEND``: a torch.compile backend's name, or off / on."""
-    lowered = text.strip().lower()
-    if lowered in ("off", "false", "no", "0"):
-        return False
-    if lowered in ("on", "true", "yes", "1", "default"):
-        return True
-    import torch._dynamo
-
-    known = torch._dynamo.list_backends(exclude_tags=())
-    if text not in known:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch.compile backend; use one of {', '.join(known)}")
-    return text
-
-
 def _train_settings(args: argparse.Namespace, out: Path):
-    """The model and training configs of this run: from the flags, or from the run being resumed."""
-    from ..core.models import ModelConfig
-    from ..core.train import DEFAULT_MODEL, TrainConfig
+    """The model config, recipe and runtime of this run: from the flags, or from the run being resumed.
 
-    given_model = {key: getattr(args, flag) for flag, key in _MODEL_FLAGS.items() if getattr(args, flag) is not None}
-    given_train = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    On --resume the model and recipe are the stored ones (a flag that differs is refused); the runtime is the
+    stored one with the runtime flags given applied.
+    """
+    from ..core.models import IMAGE_TOWERS, ModelConfig
+    from ..core.train import DEFAULT_MODEL, Runtime, TrainConfig
+
+    given_model, given_train, given_runtime = (_given(args, cls) for cls in (ModelConfig, TrainConfig, Runtime))
     if args.resume:
-        stored = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
+        path = out / "config.json"
+        stored = json.loads(path.read_text()) if path.is_file() else None
         if stored is None:
-            raise ValueError(f"{out / 'config.json'} is missing: nothing to resume there; start a run without --resume")
+            raise ValueError(f"{path} is missing: nothing to resume there; start a run without --resume")
         if Path(stored["data"]).resolve() != Path(args.data).resolve():
             raise ValueError(f"--data {args.data} is not the dataset of the run being resumed ({stored['data']}, in "
-                             f"{out / 'config.json'}); resume with that dataset, or train a new run in another --out")
+                             f"{path}); resume with that dataset, or train a new run in another --out")
         model_config = ModelConfig.from_dict(stored["model"])
-        train_config = TrainConfig.from_dict(stored["train"])
-        for given, config, flags in ((given_model, model_config.to_dict(), _MODEL_FLAGS),
-                                     (given_train, train_config.to_dict(), _TRAIN_FLAGS)):
+        train_config = TrainConfig.from_dict(stored["train"])  # older config.json kept the runtime in "train"
+        runtime_keys = {f.name for f in dataclasses.fields(Runtime)}
+        stored_runtime = stored.get("runtime", {k: v for k, v in stored["train"].items() if k in runtime_keys})
+        for given, config in ((given_model, model_config.to_dict()), (given_train, train_config.to_dict())):
             for key, value in given.items():
                 if config[key] != value:
-                    flag = "--" + next(f for f, k in flags.items() if k == key).replace("_", "-")
-                    raise ValueError(f"{flag} {value} differs from the run being resumed ({config[key]}, in "
-                                     f"{out / 'config.json'}); resume without it, or train a new run in another --out")
-        return model_config, train_config
+                    raise ValueError(f"{_flag(key)} {_shown(value)} differs from the run being resumed "
+                                     f"({_shown(config[key])}, in {path}); resume without it, or train a new run "
+                                     "in another --out")
+        return model_config, train_config, Runtime.from_dict({**stored_runtime, **given_runtime})
 
     image_tower = given_model.get("image_tower", DEFAULT_MODEL.image_tower)
-    pretrained = given_model.get("pretrained", image_tower in _OFFLINE_IMAGE_WEIGHTS)
+    pretrained = given_model.get("pretrained", IMAGE_TOWERS[image_tower].offline)
     # Locked-image tuning by default only where the ImageNet weights are sure to be there (offline packages):
     # a ResNet asked for with --pretrained may fall back to random weights offline, and must not stay frozen.
-    freeze_image = given_model.get("freeze_image", pretrained and image_tower in _OFFLINE_IMAGE_WEIGHTS)
+    freeze_image = given_model.get("freeze_image", pretrained and IMAGE_TOWERS[image_tower].offline)
     if freeze_image and not pretrained:
         raise ValueError(f"--freeze-image would keep a randomly initialised {image_tower} fixed; "
                          "add --pretrained, or drop --freeze-image")
     model_config = ModelConfig.from_dict({**DEFAULT_MODEL.to_dict(), **given_model, "image_tower": image_tower,
                                           "pretrained": pretrained, "freeze_image": freeze_image})
-    train_config = TrainConfig(**given_train, num_workers=args.workers)
-    return model_config, train_config
+    return model_config, TrainConfig(**given_train), Runtime(**given_runtime)
 
 
 def _train(args: argparse.Namespace) -> int:
     from ..chapters.scaling.distributed import process_group
+    from ..chapters.scaling.train import fit_at_scale
     from ..core.metrics import format_metrics
-    from ..core.runtime import choose_device, seed_everything
+    from ..core.runtime import atomic_write_text, seed_everything
     from ..core.text import load_tokenizer
-    from ..core.train import evaluate, fit
+    from ..core.train import evaluate
 
     out: Path = args.out
     if args.resume and not (out / "model.pt").is_file():
@@ -219,19 +319,17 @@ def _train(args: argparse.Namespace) -> int:
     if empty:
         raise ValueError(f"{data.source} has no images in the {' and '.join(empty)} split(s); "
                          "train needs train, val and test splits")
-    model_config, train_config = _train_settings(args, out)
-    try:
-        device = choose_device(args.device)
-    except RuntimeError as e:  # an unknown or unavailable device
-        raise ValueError(f"--device {args.device}: {str(e).splitlines()[0]}") from None
+    model_config, train_config, runtime = _train_settings(args, out)
+    device = _device(args.device)
     # Under torchrun: one process per GPU (or several CPU processes); rank 0 alone writes and prints.
     with process_group(device) as ctx:
         device, main = ctx.device, ctx.is_main
         if main:
             _writable_folder(out)
-        config = {"model": model_config.to_dict(), "train": train_config.to_dict(), "data": str(args.data)}
-        if not args.resume and main:
-            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if not args.resume and main:  # a resumed run keeps the config.json it was started with
+            config = {"model": model_config.to_dict(), "train": train_config.to_dict(),
+                      "runtime": runtime.to_dict(), "data": str(args.data)}
+            atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
 
         from ..core.models import build_model
 
@@ -244,9 +342,9 @@ def _train(args: argparse.Namespace) -> int:
             print(f"training on {device}{workers}: {model_config.image_tower} + {model_config.text_tower}, loss "
                   f"{train_config.loss}, {train_config.num_epochs} epochs -> {out}", flush=True)
         try:
-            result = fit(model, splits["train"], splits["val"], train_config, tokenizer, device=device, out_dir=out,
-                         resume=args.resume, progress=progress, log=lambda line: print(line, flush=True),
-                         cache_dir=args.cache_dir)
+            result = fit_at_scale(model, splits["train"], splits["val"], train_config, tokenizer, runtime=runtime,
+                                  device=device, out_dir=out, resume=args.resume, progress=progress,
+                                  log=lambda line: print(line, flush=True), cache_dir=args.cache_dir)
         except KeyboardInterrupt:
             if main:
                 print(f"interrupted; {out / 'model.pt'} holds the last finished epoch: continue with --resume",
@@ -255,12 +353,10 @@ def _train(args: argparse.Namespace) -> int:
         if not main:
             return 0
         options = {"image_size": train_config.image_size, "max_length": train_config.max_length,
-                   "batch_size": train_config.eval_batch_size}
+                   "batch_size": runtime.eval_batch_size}
         metrics = {"val": result.val_metrics,
                    "test": evaluate(result.model, splits["test"], tokenizer, device, **options)}
-        tmp = out / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, out / "metrics.json")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         print(f"test {format_metrics(metrics['test'])}")
         print(f"wrote {out / 'model.pt'}, config.json, history.csv, metrics.json")
         return 0
@@ -284,16 +380,20 @@ def _read_split(data_dir: Path, name: str):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .reproduce import evaluate_run
-    from ..core.search import _stored_train_config
+    from ..core.metrics import retrieval_metrics
+    from ..core.search import Gallery
+    from ..core.text import load_tokenizer
+    from ..core.train import load_checkpoint
 
-    _stored_train_config(args.checkpoint)  # a missing or broken checkpoint fails here, before the data is read
+    load_checkpoint(args.checkpoint)  # a missing or broken checkpoint fails here, before the data is read
     split = _read_split(args.data, args.split)
     if len(split) % args.folds:
         raise ValueError(f"--folds {args.folds}: the {args.split} split has {len(split)} images, which do not split "
                          f"into {args.folds} equal folds; choose a number of folds that divides {len(split)}")
-    # Encoded with the settings `train` evaluates its test split with, so that metrics.json is reproduced exactly.
-    metrics = evaluate_run(args.checkpoint, split, _device(args.device), folds=args.folds)
+    device = _device(args.device)
+    # Encoded at the checkpoint's stored settings, as `train` encodes its test split: metrics.json is reproduced.
+    gallery = Gallery.from_checkpoint(args.checkpoint, split, load_tokenizer(), device)
+    metrics = retrieval_metrics(gallery.img_emb, gallery.txt_emb, split.txt_to_img, folds=args.folds)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
@@ -308,17 +408,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_image(path: Path) -> None:
+    """An image query that cannot be read fails here, in one line, before the split is encoded."""
+    from ..core.data import load_image
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such image file; check the path")
+    try:
+        load_image(path)
+    except DatasetError:
+        raise ValueError(f"{path}: not an image Pillow can read (or a truncated one); "
+                         "give the path of a PNG, JPEG or other image file") from None
+
+
 def _search(args: argparse.Namespace) -> int:
     from ..core.search import Gallery
+    from ..core.text import load_tokenizer
 
     if args.k < 1:
         raise ValueError(f"-k {args.k}: ask for at least 1 result")
     if args.image is None and not args.caption.strip():
         raise ValueError("the caption is empty: give a caption to search for, or --image PATH")
     if args.image is not None:
-        Gallery._read(args.image)  # an unreadable image fails before the split is encoded
+        _check_image(args.image)
     split = _read_split(args.data, args.split)
-    gallery = Gallery.from_checkpoint(args.checkpoint, split, device=_device(args.device))
+    device = _device(args.device)
+    gallery = Gallery.from_checkpoint(args.checkpoint, split, load_tokenizer(), device)
     if args.image is None:
         found = gallery.search_text(args.caption, args.k)
         print(f"top {len(found)} of {len(split)} {args.split} images for \"{args.caption.strip()}\":")
@@ -331,7 +446,7 @@ def _search(args: argparse.Namespace) -> int:
         print(f"top {len(found)} of {split.num_captions} {args.split} captions for the image {args.image}:")
         rows = [(r.rank, r.score, split[r.image].name, r.caption, r.match) for r in found.itertuples()]
         header, mark = ("image", "caption"), "* = a caption of this image"
-        own = gallery._own_image(args.image) is not None
+        own = args.image.resolve() in {r.path.resolve() for r in split.records}
         missing = f"(none of this image's captions is in the top {args.k})"
     width = max(len(header[0]), *(len(r[2]) for r in rows))
     print(f"rank  score  {header[0]:<{width}}  {header[1]}")
@@ -399,7 +514,7 @@ def _grid(args: argparse.Namespace) -> int:
     from ..core.text import load_tokenizer
     from ..core.train import TrainConfig
 
-    grid = commenter_grid(train=TrainConfig(num_epochs=args.epochs, image_size=args.image_size))
+    grid = commenter_grid(train=TrainConfig(**{**_GRID_DEFAULTS, **_given(args, TrainConfig)}))
     if args.list:
         for v in grid:
             print(f"{v.name:<32} {v.factor:<12} {v.about}")
@@ -460,74 +575,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_download)
 
-    from ..core.models import IMAGE_TOWERS, TEXT_TOWERS, ModelConfig
+    from ..core.models import ModelConfig
+    from ..core.train import DEFAULT_MODEL, Runtime, TrainConfig
 
     p = sub.add_parser("model", help="build a dual encoder and print its parts, weights and sizes")
-    p.add_argument("--image-tower", choices=list(IMAGE_TOWERS), default=ModelConfig.image_tower,
-                   help="(default: %(default)s)")
-    p.add_argument("--text-tower", choices=list(TEXT_TOWERS), default=ModelConfig.text_tower,
-                   help="(default: %(default)s)")
-    p.add_argument("--pretrained", action="store_true", help="ImageNet weights for the image tower where offered")
-    p.add_argument("--embed-dim", type=int, default=ModelConfig.embed_dim, help="shared space (default: %(default)s)")
-    p.add_argument("--projection", choices=["linear", "mlp"], default=ModelConfig.projection,
-                   help="(default: %(default)s)")
-    p.add_argument("--freeze-image", action="store_true", help="keep the image tower fixed (locked-image tuning)")
-    p.add_argument("--freeze-text", action="store_true", help="keep the text tower fixed")
-    p.add_argument("--image-size", type=int, default=64, help="pixels of the probe batch (default: %(default)s)")
+    _add_settings(p, ModelConfig)
+    p.add_argument("--image-size", type=positive_int, default=64, metavar="N",
+                   help="pixels of the probe batch (default: %(default)s)")
     p.set_defaults(func=_model)
-
-    from ..core.data import IMAGE_PIPELINES
-    from ..core.losses import LOSSES
-    from ..core.train import DEFAULT_MODEL, TrainConfig
 
     p = sub.add_parser("train", help="train a dual encoder; a checkpoint after every epoch",
                        description="Train a dual encoder on a dataset folder. The output folder receives model.pt "
-                       "(checkpoint, rewritten every epoch), config.json, history.csv and metrics.json.")
+                       "(checkpoint, rewritten every epoch), config.json, history.csv and metrics.json. --resume "
+                       "continues the run in --out with the model and recipe stored there; runtime flags may change.")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
     p.add_argument("--out", type=Path, required=True, help="output folder for this run")
-    p.add_argument("--image-encoder", choices=list(IMAGE_TOWERS), default=None,
-                   help=f"image tower (default: {DEFAULT_MODEL.image_tower})")
-    p.add_argument("--text-encoder", choices=list(TEXT_TOWERS), default=None,
-                   help=f"text tower (default: {DEFAULT_MODEL.text_tower})")
-    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="ImageNet weights for the image tower (default: on for efficientnet_lite0, which has them "
-                   "offline)")
-    p.add_argument("--freeze-image", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the image tower fixed and cache its features (default: on for efficientnet_lite0 "
-                   "with its ImageNet weights)")
-    p.add_argument("--freeze-text", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the text tower fixed (default: off)")
-    p.add_argument("--loss", choices=list(LOSSES), default=None, help=f"(default: {TrainConfig.loss})")
-    p.add_argument("--epochs", type=positive_int, default=None, help=f"(default: {TrainConfig.num_epochs})")
-    p.add_argument("--batch-size", type=positive_int, default=None, help=f"(default: {TrainConfig.batch_size})")
-    p.add_argument("--lr", type=positive_float, default=None, help=f"peak learning rate (default: {TrainConfig.lr})")
-    p.add_argument("--pretrained-lr", type=positive_float, default=None,
-                   help="learning rate of a fine-tuned pretrained tower's own weights (default: --lr)")
-    p.add_argument("--margin", type=float, default=None, help="margin of the hinge (0.2) or cosine (0.3) loss")
-    p.add_argument("--embed-dim", type=positive_int, default=None, help=f"shared space (default: {DEFAULT_MODEL.embed_dim})")
-    p.add_argument("--word-dim", type=positive_int, default=None,
-                   help="word-vector size of recurrent text towers (default: 300 for GRUs, 768 for seed_lstm)")
-    p.add_argument("--text-hidden", type=positive_int, default=None,
-                   help=f"hidden size of recurrent text towers (default: {DEFAULT_MODEL.text_hidden})")
-    p.add_argument("--image-size", type=positive_int, default=None, help=f"pixels (default: {TrainConfig.image_size})")
-    p.add_argument("--seed", type=int, default=None, help=f"(default: {TrainConfig.seed})")
-    p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader worker processes (default: %(default)s)")
-    p.add_argument("--images", choices=list(IMAGE_PIPELINES), default=None,
-                   help="image pipeline: memory (decode once into RAM), disk (decode once into a uint8 cache file), "
-                   f"stream (decode every epoch) (default: {TrainConfig.images})")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="folder of the --images disk cache (default: $SIAMESE_CACHE_DIR or ~/.cache/siamese_utils)")
-    p.add_argument("--persistent-workers", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the loader's workers alive across epochs (default: off)")
-    p.add_argument("--prefetch-factor", type=positive_int, default=None,
-                   help="batches each worker loads ahead (default: torch's, 2)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="images and convolution weights in NHWC memory order (default: off)")
-    p.add_argument("--compile", nargs="?", const=True, default=None, type=_compile_backend, metavar="BACKEND",
-                   help="torch.compile the towers, with the default backend or the one named (e.g. aot_eager); "
-                   "'off' to disable (default: off)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_settings(p.add_argument_group("model"), ModelConfig, defaults=DEFAULT_MODEL.to_dict(),
+                  default_text={"pretrained": "on for efficientnet_lite0, which has them offline",
+                                "freeze_image": "on for efficientnet_lite0 with its ImageNet weights"},
+                  renamed={"image_tower": ("--image-encoder",), "text_tower": ("--text-encoder",)})
+    _add_settings(p.add_argument_group("recipe (stored in the checkpoint, checked on --resume)"), TrainConfig,
+                  renamed={"num_epochs": ("--epochs",)})
+    group = p.add_argument_group("runtime (may change on --resume)")
+    _add_settings(group, Runtime, renamed={"num_workers": ("--workers",)})
+    group.add_argument("--cache-dir", type=Path, default=None,
+                       help="folder of the --images disk cache (default: $SIAMESE_CACHE_DIR or ~/.cache/siamese_utils)")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="retrieval metrics of a trained model on one split",
@@ -625,8 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="dataset folder (e.g. data/tiny)")
     p.add_argument("--out", type=Path, default=Path("runs") / "grid.csv", help="results CSV (default: runs/grid.csv)")
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    p.add_argument("--epochs", type=positive_int, default=2, help="epochs per run, the same for all (default: 2)")
-    p.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels (default: 64)")
+    _add_settings(p, TrainConfig, only=("num_epochs", "image_size"), defaults=_GRID_DEFAULTS,
+                  renamed={"num_epochs": ("--epochs",)})
     p.add_argument("--train-images", type=positive_int, default=None,
                    help="train on the first N training images only (default: all)")
     p.add_argument("--only", nargs="+", metavar="VARIANT", help="run these variants only (names from --list)")

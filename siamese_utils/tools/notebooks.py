@@ -14,6 +14,8 @@ from typing import Any, Iterator, Mapping
 
 from nbclient.exceptions import CellExecutionError
 
+from ..core.runtime import atomic_write
+
 __all__ = ["execute_notebook", "strip_noise", "run_notebook", "NotebookFailure", "inject_parameters",
            "parameter_names", "OFFLINE_ENV", "SMOKE_VARIABLE"]
 
@@ -69,7 +71,11 @@ def _without_widget_views(output) -> bool:
 
 
 @contextlib.contextmanager
-def _environment(changes: Mapping[str, str | None]) -> Iterator[None]:
+def environment_changes(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (a string) or remove (``None``) environment variables for the ``with`` block, then restore them.
+
+    Explained in ``README.md``.
+    """
     # The kernel inherits this process's environment: set (or, for None, remove) variables for its start.
     saved = {k: os.environ.get(k) for k in changes}
     try:
@@ -134,7 +140,7 @@ def _execute(nb, path: Path, timeout: int, kernel_name: str, env: Mapping[str, s
         nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(path.parent)}},
         record_timing=False, on_cell_start=on_cell_start,
     )
-    with _environment({**OFFLINE_ENV, **env}):
+    with environment_changes({**OFFLINE_ENV, **env}):
         try:
             client.execute()
         except CellExecutionError as e:
@@ -165,9 +171,7 @@ def execute_notebook(path: str | os.PathLike, timeout: int = 1800, kernel_name: 
     nb = nbformat.read(path, as_version=4)
     _execute(nb, path, timeout, kernel_name, {SMOKE_VARIABLE: None})
     strip_noise(nb)
-    tmp = path.with_name(f".{path.name}.tmp")
-    nbformat.write(nb, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
     return path
 
 

@@ -207,15 +207,10 @@ def evaluate_run(checkpoint: str | os.PathLike, split, device: Any = "cpu", toke
     Explained in ``README.md`` (section "Reproducing the results").
     """
     from ..core.metrics import retrieval_metrics
-    from ..core.search import _stored_train_config
-    from ..core.text import load_tokenizer
-    from ..core.train import encode_split, load_model
+    from ..core.search import Gallery
 
-    config = _stored_train_config(checkpoint)
-    model = load_model(checkpoint, map_location=device)
-    img_emb, txt_emb = encode_split(model, split, tokenizer or load_tokenizer(), device, image_size=config.image_size,
-                                    max_length=config.max_length, batch_size=config.eval_batch_size)
-    return retrieval_metrics(img_emb, txt_emb, split.txt_to_img, folds=folds)
+    gallery = Gallery.from_checkpoint(checkpoint, split, tokenizer, device)
+    return retrieval_metrics(gallery.img_emb, gallery.txt_emb, split.txt_to_img, folds=folds)
 
 
 def collect_metrics(runs: str | os.PathLike, split, device: Any = "cpu") -> dict[str, dict[str, Any]]:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ...core.models import MissingDependencyError
+from ...core.runtime import atomic_write
 
 __all__ = ["EmbeddingIndex", "faiss_available"]
 
@@ -353,8 +354,7 @@ class EmbeddingIndex:
             raise FileNotFoundError(f"{path.parent}: no such folder to save the index in; create it first")
         if not self.is_trained:
             raise ValueError("this IVF index is not trained yet: add vectors (or train it) before saving")
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        def write(tmp: Path) -> None:
             if self.backend == "torch":
                 torch.save({"format": "siamese-image-text embedding index", "dim": self.dim,
                             "vectors": torch.from_numpy(self.vectors())}, tmp)
@@ -363,9 +363,8 @@ class EmbeddingIndex:
                 if self.kind == "ivf":
                     self._index.nprobe = self.nprobe
                 faiss.write_index(self._index, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        atomic_write(path, write)
         return path
 
     @classmethod
