@@ -96,6 +96,16 @@ def test_resume_with_other_runtime_settings_equals_an_uninterrupted_run(small_ti
     assert whole.history[columns].equals(resumed.history[columns])
 
 
+def test_a_frozen_image_tower_resumes_with_other_runtime_settings_to_the_same_weights(small_tiny, tokenizer, tmp_path):
+    """With cached features, the evaluation batch size sets only validation batches, never the feature pass."""
+    frozen = ModelConfig.from_dict({**SMALL.to_dict(), "freeze_image": True})
+    whole = _run(small_tiny, tokenizer, model_config=frozen, out_dir=tmp_path / "whole")
+    _run(small_tiny, tokenizer, model_config=frozen, out_dir=tmp_path / "cut", stop_after=1)
+    resumed = _run(small_tiny, tokenizer, model_config=frozen, out_dir=tmp_path / "cut", resume=True,
+                   runtime=T.Runtime(num_workers=1, eval_batch_size=3))
+    assert _same_weights(_weights(whole.model), _weights(resumed.model))
+
+
 def test_fit_leaves_chapter_08_settings_to_fit_at_scale(small_tiny, tokenizer):
     with pytest.raises(ValueError, match="images='disk'.*fit_at_scale"):
         _run(small_tiny, tokenizer, runtime=T.Runtime(images="disk"))

@@ -506,7 +506,7 @@ def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedIm
     model.to(device)
     bs = runtime.eval_batch_size
     train_images = prepare_images(train_split, config.image_size, progress)
-    pairs, features = training_pairs(model, train_split, train_images, config, device, bs)
+    pairs, features = training_pairs(model, train_split, train_images, config, device)  # not bs: recipe only
     val_images = prepare_images(val_split, config.image_size, progress)
     val_inputs = ({"image_features": encode_image_tensors(model.image_tower, val_images, device, bs)} if features
                   else {"images": val_images})
@@ -519,7 +519,8 @@ def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedIm
         seed_everything(epoch_seed(config.seed, epoch))
         pairs.set_epoch_seed(epoch_seed(config.seed, epoch))
         loader = make_loader(pairs, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
-                             collate_fn=collate, num_workers=runtime.num_workers, pin_memory=device.type == "cuda")
+                             collate_fn=collate, num_workers=runtime.num_workers, persistent_workers=False,
+                             pin_memory=device.type == "cuda")
         loss = train_one_epoch(model, loader, run.optimizer, run.scheduler, config, epoch, device, run.scaler,
                                features=features, progress=progress, step=step)
         metrics = evaluate(model, val_split, tokenizer, device, max_length=config.max_length, batch_size=bs,

@@ -129,7 +129,7 @@ def fit_at_scale(model: DualEncoder, train_split: CaptionedImages, val_split: Ca
     val_images = load_split_images(val_split, config.image_size, runtime, cache_dir, progress) if main else None
     if main:
         distributed.barrier()
-    pairs, features = training_pairs(model, train_split, train_images, config, device, bs)
+    pairs, features = training_pairs(model, train_split, train_images, config, device)  # bs is runtime, not recipe
     val_inputs = {}
     if main:
         val_inputs = ({"image_features": encode_image_tensors(model.image_tower, val_images, device, bs)}
