@@ -331,8 +331,8 @@ TEXT_TOWERS: dict[str, Tower] = {
 def register_tower(kind: Literal["image", "text"], name: str, tower: Tower) -> None:
     """Add a tower to the registry that :func:`build_image_tower`, :func:`build_text_tower` and ModelConfig read."""
     table = IMAGE_TOWERS if kind == "image" else TEXT_TOWERS
-    if name in table and table[name] != tower:
-        raise ValueError(f"a {kind} tower named {name!r} is already registered")
+    if name in table and table[name].about != tower.about:  # the same tower again (a module reloaded) is fine
+        raise ValueError(f"a {kind} tower named {name!r} is already registered: {table[name].about}")
     table[name] = tower
 
 
