@@ -5,16 +5,29 @@ shapes, sizes and places) and, for two-object scenes, its minimal-pair
 ``partner``; this module reads them to sort every test caption by the question
 it asks and to name what the top-ranked wrong image gets wrong.
 
+It also scores retrieval by meaning rather than by origin. A caption such as
+"a yellow circle" is true of several images, but the standard protocol counts
+only the image it was written for: :func:`truth_matrix` says which captions are
+true of which images (from the meanings stored with the captions),
+:func:`semantic_ceiling` what the standard protocol allows a model that can
+only judge truth, and :func:`semantic_recall` R@K with every true image (or
+caption) counted as a hit.
+
 Explained in ``notebooks/04_evaluation.ipynb``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from math import comb
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["ASKS", "what_differs", "failure_analysis"]
+from ..datasets import tiny
+
+__all__ = ["ASKS", "what_differs", "failure_analysis", "truth_matrix", "semantic_ceiling", "semantic_recall"]
 
 ASKS = {"single": "colour, shape, size", "swap_colours": "which colour is which shape",
         "swap_places": "where each shape is"}
@@ -90,3 +103,97 @@ def failure_analysis(split, sim: Any) -> "pd.DataFrame":
     frame["asks"] = pd.Categorical(frame["asks"], categories=list(dict.fromkeys(ASKS.values())))
     frame["beats_partner"] = frame["beats_partner"].astype("boolean")
     return frame
+
+
+# --------------------------------------------------------------------------- retrieval by meaning
+
+
+def truth_matrix(split) -> torch.Tensor:
+    """``(images, captions)`` bool tensor of a tiny-set split: ``[i, j]`` is whether caption ``j`` is true of image ``i``.
+
+    Judged by ``tiny.is_true_of`` from the meaning stored with each caption and
+    each image's scene; a file without them raises ``ValueError``. Every caption
+    is true of its own image, and may be of others.
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    meanings = tiny.load_meanings(split)
+    image_size = tiny.stored_config(split).image_size
+    scenes = [record.meta["scene"] for record in split]
+    truth = torch.zeros(len(scenes), len(meanings), dtype=torch.bool)
+    columns: dict[str, list[int]] = {}  # the same meaning, judged once
+    for j, meaning in enumerate(meanings):
+        columns.setdefault(json.dumps(meaning, sort_keys=True), []).append(j)
+    for same in columns.values():
+        column = torch.tensor([tiny.is_true_of(meanings[same[0]], scene, image_size) for scene in scenes])
+        truth[:, same] = column[:, None]
+    return truth
+
+
+def _check_truth(truth: Any, txt_to_img: Any | None = None) -> torch.Tensor:
+    truth = torch.as_tensor(np.asarray(truth) if not isinstance(truth, torch.Tensor) else truth).bool().cpu()
+    if truth.ndim != 2:
+        raise ValueError(f"truth must be an (images, captions) matrix, got shape {tuple(truth.shape)}")
+    if not bool(truth.any(dim=0).all()):
+        raise ValueError("truth has captions true of no image; every caption must be true of at least its own")
+    if txt_to_img is not None:
+        owner = torch.as_tensor(np.asarray(txt_to_img), dtype=torch.long)
+        if owner.shape != (truth.shape[1],):
+            raise ValueError(f"txt_to_img has shape {tuple(owner.shape)}; it needs one image per caption "
+                             f"({truth.shape[1]},)")
+        if not bool(truth[owner, torch.arange(len(owner))].all()):
+            raise ValueError("truth says some captions are false of their own image; is it the same split?")
+    return truth
+
+
+def semantic_ceiling(truth: Any, txt_to_img: Any, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """The standard protocol's R@K (percent) for a model that scores by truth alone; keys like ``t2i_r1``, ``i2t_r1``.
+
+    Such a model scores every image a caption is true of equally, so it cannot
+    tell the caption's own image from the others. Text -> image: a caption
+    true of ``k`` images finds its own in the top ``K`` with probability
+    ``min(1, K / k)`` under random tie-breaking, so R@1 is ``100 * mean(1 / k)``
+    over captions. Image -> text: of the ``t`` captions true of an image, ``n``
+    are its own, and one of them is in a random top ``K`` of the ``t`` with
+    probability ``1 - C(t - n, K) / C(t, K)`` (``n / t`` for R@1). These are
+    expected values, not strict bounds: a model may exploit the generator's
+    habits (captions of images off the place grid never name a place).
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    owner = torch.as_tensor(np.asarray(txt_to_img), dtype=torch.long)
+    truth = _check_truth(truth, owner)
+    k = truth.sum(dim=0).double()  # images each caption is true of
+    t = truth.sum(dim=1).tolist()  # captions true of each image
+    n = torch.bincount(owner, minlength=truth.shape[0]).tolist()  # each image's own captions
+    out = {}
+    for K in ks:
+        hit = [1.0 - comb(ti - ni, K) / comb(ti, K) if K < ti else 1.0 for ti, ni in zip(t, n)]
+        out[f"i2t_r{K}"] = 100.0 * float(np.mean(hit))
+    for K in ks:
+        out[f"t2i_r{K}"] = 100.0 * float(torch.clamp(K / k, max=1.0).mean())
+    return out
+
+
+def semantic_recall(sim: Any, truth: Any, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Multi-positive R@K (percent) both ways, from an ``(images, captions)`` score matrix; keys like ``i2t_r1``.
+
+    Text -> image: a caption hits at ``K`` when an image it is true of is among
+    the top ``K``; image -> text: an image hits when a caption true of it is.
+    Ties count against the query, as in ``siamese_utils.core.metrics``: the rank
+    is the number of wrong candidates scoring at least as high as the best right one.
+
+    Explained in ``notebooks/04_evaluation.ipynb``.
+    """
+    truth = _check_truth(truth)
+    sim = torch.as_tensor(np.asarray(sim) if not isinstance(sim, torch.Tensor) else sim).detach().cpu().float()
+    if sim.shape != truth.shape:
+        raise ValueError(f"sim has shape {tuple(sim.shape)} and truth {tuple(truth.shape)}; both are (images, captions)")
+    if not bool(truth.any(dim=1).all()):
+        raise ValueError("truth has images no caption is true of; image -> text recall needs one for every image")
+    lowest = torch.finfo(sim.dtype).min
+    ranks = {}
+    for direction, scores, right in (("i2t", sim, truth), ("t2i", sim.T, truth.T)):
+        best = torch.where(right, scores, torch.full_like(scores, lowest)).amax(dim=1, keepdim=True)
+        ranks[direction] = ((scores >= best) & ~right).sum(dim=1)
+    return {f"{d}_r{K}": 100.0 * float((ranks[d] < K).double().mean()) for d in ("i2t", "t2i") for K in ks}

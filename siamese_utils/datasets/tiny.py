@@ -13,6 +13,20 @@ a red circle") or swaps their colours. Every caption of a scene has a partner
 caption with exactly the same bag of words, so a model that ignores word order
 cannot tell the two scenes apart.
 
+Every sentence also stores its ``meaning``, what the caption asserts::
+
+    {"objects": [{"colour": "red", "shape": "circle", "size": "small"}, ...],
+     "relation": "left of", "where": None}
+
+``objects`` lists the described objects in the order the caption names them,
+with canonical words (``colour`` in ``COLOURS``, ``shape`` in ``SHAPES``,
+``size`` "small", "large" or None when the caption names no size);
+``relation`` (two objects only) is one of ``RELATION_WORDS``' keys and holds
+from ``objects[0]`` to ``objects[1]``; ``where`` (one object only) is one of
+``WHERE_PHRASES``' keys or None. :func:`parse_caption` reads the same meaning
+from any caption in the set's language and :func:`is_true_of` judges a meaning
+against a scene.
+
 Pixels are rasterised with NumPy (4x supersampling for anti-aliased edges) and
 written as PNG by the standard library, not by Pillow's drawing routines and
 encoder, so the files do not depend on the Pillow version.
@@ -20,8 +34,10 @@ encoder, so the files do not depend on the Pillow version.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -39,6 +55,11 @@ __all__ = [
     "make_tiny_dataset",
     "write_tiny_dataset",
     "render_scene",
+    "WHERE_PHRASES",
+    "parse_caption",
+    "is_true_of",
+    "load_meanings",
+    "stored_config",
 ]
 
 # Name -> RGB. Six hues far apart, so that the colour word is never ambiguous.
@@ -72,6 +93,18 @@ RELATION_WORDS = {
     "right of": ("to the right of", "right of", "on the right of"),
     "above": ("above", "over", "on top of"),
     "below": ("below", "under", "beneath"),
+}
+# Where a single object is: meaning -> the words appended to its caption.
+WHERE_PHRASES = {
+    "top left corner": " in the top left corner",
+    "top right corner": " in the top right corner",
+    "bottom left corner": " in the bottom left corner",
+    "bottom right corner": " in the bottom right corner",
+    "left": " on the left",
+    "right": " on the right",
+    "top": " at the top",
+    "bottom": " at the bottom",
+    "middle": " in the middle",
 }
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -208,6 +241,40 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
 
 
+# --------------------------------------------------------------------------- geometry
+# The rules by which the generator chooses relations and places, shared with is_true_of.
+# Scenes are stored with coordinates rounded to 0.01 px; is_true_of allows SLACK px
+# so that every stored scene keeps the relations and places it was drawn with.
+SLACK = 0.02
+
+
+def _clearly(relation: str, a: tuple[float, float, float], b: tuple[float, float, float], scale: float,
+             slack: float = 0.0) -> bool:
+    """Whether object ``a`` = (x, y, r) is clearly ``relation`` object ``b``: apart along the axis, mostly along it."""
+    (ax, ay, ra), (bx, by, rb) = a, b
+    gap = 3.0 * scale
+    along = {"left of": bx - ax, "right of": ax - bx, "above": by - ay, "below": ay - by}[relation]
+    across = abs(ay - by) if relation in ("left of", "right of") else abs(ax - bx)
+    return along >= ra + rb + gap - slack and across <= 0.5 * along + slack
+
+
+def _place(cx: float, cy: float, image_size: float, slack: float = 0.0) -> str | None:
+    """The ``WHERE_PHRASES`` key for an object centred at (cx, cy); None where no phrase is clearly true."""
+    fx, fy, e = cx / image_size, cy / image_size, slack / image_size
+    horiz = "left" if fx < 0.35 + e else "right" if fx > 0.65 - e else ""
+    vert = "top" if fy < 0.35 + e else "bottom" if fy > 0.65 - e else ""
+    mid_x, mid_y = 0.4 - e <= fx <= 0.6 + e, 0.4 - e <= fy <= 0.6 + e
+    if horiz and vert:
+        return f"{vert} {horiz} corner"
+    if horiz and mid_y:
+        return horiz
+    if vert and mid_x:
+        return vert
+    if mid_x and mid_y:
+        return "middle"
+    return None
+
+
 # --------------------------------------------------------------------------- scenes
 
 
@@ -246,16 +313,18 @@ class _SceneSampler:
             ra, rb = self.radius(za), self.radius(zb)
             # Margins fit the larger object at either place, so swapping places stays in frame.
             (ax, ay), (bx, by) = self.place(max(ra, rb)), self.place(max(ra, rb))
-            gap = 3.0 * self.scale
-            along = {"left of": bx - ax, "right of": ax - bx, "above": by - ay, "below": ay - by}[relation]
-            across = abs(ay - by) if relation in ("left of", "right of") else abs(ax - bx)
             # Separated along the relation's axis, and mostly along it.
-            if along >= ra + rb + gap and across <= 0.5 * along:
+            if _clearly(relation, (ax, ay, ra), (bx, by, rb), self.scale):
                 return [_Object(ca, sa, za, ax, ay, ra), _Object(cb, sb, zb, bx, by, rb)]
 
 
 def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _described(obj: _Object, plan: dict[str, Any], key: str) -> dict[str, Any]:
+    """The meaning of ``_noun_phrase``: the object's colour and shape, and its size where named."""
+    return {"colour": obj.colour, "shape": obj.shape, "size": obj.size if plan[f"{key}_size"] is not None else None}
 
 
 def _noun_phrase(obj: _Object, plan: dict[str, Any], key: str) -> str:
@@ -265,22 +334,6 @@ def _noun_phrase(obj: _Object, plan: dict[str, Any], key: str) -> str:
     words.append(obj.colour)
     words.append(SHAPE_WORDS[obj.shape][plan[f"{key}_shape"] % len(SHAPE_WORDS[obj.shape])])
     return _article(" ".join(words))
-
-
-def _where(obj: _Object, image_size: float) -> str:
-    """Where a single object is, in words; empty where no phrase would be clearly true."""
-    fx, fy = obj.cx / image_size, obj.cy / image_size
-    horiz = "left" if fx < 0.35 else "right" if fx > 0.65 else ""
-    vert = "top" if fy < 0.35 else "bottom" if fy > 0.65 else ""
-    if horiz and vert:
-        return f" in the {vert} {horiz} corner"
-    if horiz and 0.4 <= fy <= 0.6:
-        return f" on the {horiz}"
-    if vert and 0.4 <= fx <= 0.6:
-        return f" at the {vert}"
-    if 0.4 <= fx <= 0.6 and 0.4 <= fy <= 0.6:
-        return " in the middle"
-    return ""
 
 
 def _plan(sampler: _SceneSampler, templates: tuple[str, ...]) -> dict[str, Any]:
@@ -316,13 +369,16 @@ def _finish(text: str, plan: dict[str, Any]) -> str:
     return text + ("." if plan["period"] else "")
 
 
-def _caption_single(obj: _Object, plan: dict[str, Any], image_size: float) -> str:
-    where = _where(obj, image_size) if plan["where"] else ""
+def _caption_single(obj: _Object, plan: dict[str, Any], image_size: float) -> tuple[str, dict[str, Any]]:
+    """A caption of a one-object scene and its meaning."""
+    place = _place(obj.cx, obj.cy, image_size) if plan["where"] else None
+    where = WHERE_PHRASES[place] if place is not None else ""
     text = SINGLE_TEMPLATES[plan["template"]].format(x=_noun_phrase(obj, plan, "x"), where=where)
-    return _finish(text, plan)
+    return _finish(text, plan), {"objects": [_described(obj, plan, "x")], "relation": None, "where": place}
 
 
-def _caption_pair(objs: list[_Object], relation: str, plan: dict[str, Any]) -> str:
+def _caption_pair(objs: list[_Object], relation: str, plan: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A caption of a two-object scene and its meaning (objects in the order the caption names them)."""
     a, b = objs
     # The same plan reads "A rel B" or "B inverse(rel) A"; the partner scene's
     # caption picks its view so that its relation word is the same one.
@@ -332,7 +388,8 @@ def _caption_pair(objs: list[_Object], relation: str, plan: dict[str, Any]) -> s
         y=_noun_phrase(y, plan, "y"),
         rel=RELATION_WORDS[rel][plan["rel"]],
     )
-    return _finish(text, plan)
+    meaning = {"objects": [_described(x, plan, "x"), _described(y, plan, "y")], "relation": rel, "where": None}
+    return _finish(text, plan), meaning
 
 
 def _scene_record(kind: str, objs: list[_Object], relation: str | None, bg: tuple[int, int, int]):
@@ -408,8 +465,9 @@ def make_tiny_dataset(config: TinyConfig = TinyConfig()) -> tuple[dict[str, Any]
             imgid = base + j
             filename = f"{imgid:06d}.png"
             sentences = []
-            for raw in item["captions"]:
-                sentences.append({"raw": raw, "tokens": _karpathy_tokens(raw), "imgid": imgid, "sentid": sentid})
+            for raw, meaning in item["captions"]:  # (text, meaning) pairs
+                sentences.append({"raw": raw, "tokens": _karpathy_tokens(raw), "imgid": imgid, "sentid": sentid,
+                                  "meaning": meaning})
                 sentid += 1
             scene = item["scene"]
             if "partner" in scene:
@@ -498,5 +556,146 @@ images under `images/`. Each entry also carries `scene`, the ground truth it was
 drawn from: its objects, their relation, and for two-object scenes the `imgid`
 of its `partner`, the scene with the two objects' places or colours swapped
 (`kind`: `swap_places` or `swap_colours`), whose captions use the same bags of
-words. See notebooks/01_preprocessing.ipynb.
+words. Each sentence also carries its `meaning`, what the caption asserts:
+`objects` (colour, shape, and size or null where the caption names none, in the
+caption's order), `relation` (from the first object to the second, or null) and
+`where` (a single object's place, or null). See notebooks/01_preprocessing.ipynb.
 """
+
+
+# --------------------------------------------------------------------------- meaning
+
+_SIZE_OF = {word: size for size, words in SIZE_WORDS.items() for word in words}
+_SHAPE_OF = {word: shape for shape, words in SHAPE_WORDS.items() for word in words}
+_RELATION_OF = {phrase: rel for rel, phrases in RELATION_WORDS.items() for phrase in phrases}
+_PLACE_OF = {phrase.strip(): place for place, phrase in WHERE_PHRASES.items()}
+
+
+def _alternatives(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+def _np_pattern(key: str) -> str:
+    # An optional article ("a", "an" or "the", whichever the noun), an optional size, a colour, a shape.
+    return (rf"(?:(?:a|an|the) )?(?:(?P<{key}_size>{_alternatives(_SIZE_OF)}) )?"
+            rf"(?P<{key}_colour>{_alternatives(COLOURS)}) (?P<{key}_shape>{_alternatives(_SHAPE_OF)})")
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    parts = re.split(r"(\{\w+\})", template)
+    fields = {"{x}": _np_pattern("x"), "{y}": _np_pattern("y"), "{rel}": rf"(?P<rel>{_alternatives(_RELATION_OF)})",
+              "{where}": rf"(?: (?P<where>{_alternatives(_PLACE_OF)}))?"}
+    return re.compile("".join(fields.get(part, re.escape(part)) for part in parts))
+
+
+_PATTERNS = [_template_pattern(t) for t in PAIR_TEMPLATES + SINGLE_TEMPLATES]
+_VOCABULARY = ({"a", "an", "the"} | set(COLOURS) | set(_SIZE_OF) | set(_SHAPE_OF)
+               | {w for t in PAIR_TEMPLATES + SINGLE_TEMPLATES for w in re.sub(r"\{\w+\}", " ", t).split()}
+               | {w for phrase in list(_RELATION_OF) + list(_PLACE_OF) for w in phrase.split()})
+
+
+def parse_caption(text: str) -> dict[str, Any]:
+    """The meaning of a caption in the tiny set's language (the schema in this module's docstring).
+
+    Case, spacing, a final period, the article ("a", "an", "the" or none) and the
+    synonyms ("disc", "big", "under", ...) do not matter; the words must follow one
+    of the caption templates. Anything else raises ``ValueError`` ("not a tiny-set caption").
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    words = " ".join(str(text).lower().split())
+    words = words[:-1].rstrip() if words.endswith(".") else words
+    for pattern in _PATTERNS:
+        m = pattern.fullmatch(words)
+        if m is None:
+            continue
+        found = m.groupdict()
+        keys = ("x", "y") if found.get("y_colour") else ("x",)
+        objects = [{"colour": found[f"{k}_colour"], "shape": _SHAPE_OF[found[f"{k}_shape"]],
+                    "size": _SIZE_OF[found[f"{k}_size"]] if found[f"{k}_size"] else None} for k in keys]
+        relation = _RELATION_OF[found["rel"]] if found.get("rel") else None
+        where = _PLACE_OF[found["where"]] if found.get("where") else None
+        return {"objects": objects, "relation": relation, "where": where}
+    unknown = [w for w in words.split() if w not in _VOCABULARY]
+    why = (f"unknown word(s) {', '.join(map(repr, unknown))}" if unknown else
+           "its words follow no template; write e.g. 'a small red circle left of a blue square' or "
+           "'a green triangle in the top left corner'")
+    raise ValueError(f"{text!r} is not a tiny-set caption: {why}")
+
+
+def _check_meaning(meaning: dict[str, Any]) -> list[dict[str, Any]]:
+    objects = meaning.get("objects") or []
+    relation, where = meaning.get("relation"), meaning.get("where")
+    if relation is not None and (relation not in RELATION_WORDS or len(objects) != 2):
+        raise ValueError(f"meaning {meaning!r}: a relation must be one of {list(RELATION_WORDS)}, between two objects")
+    if where is not None and (where not in WHERE_PHRASES or len(objects) != 1):
+        raise ValueError(f"meaning {meaning!r}: 'where' must be one of {list(WHERE_PHRASES)}, for one object")
+    return objects
+
+
+def is_true_of(meaning: dict[str, Any], scene: dict[str, Any], image_size: float = 64.0) -> bool:
+    """Whether a caption's ``meaning`` is true of a stored ``scene`` (its ``dataset.json`` entry's ``scene``).
+
+    True when the scene holds exactly as many objects as the caption describes,
+    each described object is a different scene object with the colour, the shape
+    and (where named) the size the caption gives it, and the relation and the
+    place hold of those objects by the generator's own rules: ``relation``
+    clearly (apart along its axis by both radii plus a gap, and mostly along it),
+    ``where`` by the thresholds that chose the phrase (``_place``).
+    ``image_size``: the scene's size in pixels (``stored_config(split).image_size``);
+    comparisons allow ``SLACK`` px for the stored coordinates' rounding. A
+    meaning with two objects and no relation asks only that both are there.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    described = _check_meaning(meaning)
+    objects = scene["objects"]
+    if len(objects) != len(described):
+        return False
+    scale = image_size / 64.0
+    for chosen in itertools.permutations(objects):
+        if not all(o["colour"] == d["colour"] and o["shape"] == d["shape"]
+                   and (d.get("size") is None or o["size"] == d["size"]) for o, d in zip(chosen, described)):
+            continue
+        if meaning.get("relation") is not None:
+            a, b = ((o["x"], o["y"], o["r"]) for o in chosen)
+            if not _clearly(meaning["relation"], a, b, scale, SLACK):
+                continue
+        if meaning.get("where") is not None and _place(chosen[0]["x"], chosen[0]["y"], image_size, SLACK) != meaning["where"]:
+            continue
+        return True
+    return False
+
+
+def _stored_document(split) -> dict[str, Any]:
+    source = split.source
+    fix = "regenerate it with `python -m siamese_utils make-tiny --out data/tiny --overwrite`"
+    if source.suffix.lower() != ".json":
+        raise ValueError(f"{source}: not the tiny set's dataset.json, so no stored meaning; {fix}")
+    doc = json.loads(source.read_text(encoding="utf-8"))
+    if not all("meaning" in s for r in split for s in doc["images"][r.index]["sentences"]) or any(
+            "scene" not in r.meta for r in split):
+        raise ValueError(f"{source}: its sentences carry no stored 'meaning' (or its entries no 'scene'); {fix}")
+    return doc
+
+
+def load_meanings(split) -> list[dict[str, Any]]:
+    """The stored meaning of every caption of ``split`` (a ``CaptionedImages``), in ``split.captions`` order.
+
+    ``read_dataset`` keeps an entry's extra fields but not a sentence's, so this
+    reads them from ``split.source``. A file without them raises ``ValueError``.
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    doc = _stored_document(split)
+    return [s["meaning"] for r in split for s in doc["images"][r.index]["sentences"]]
+
+
+def stored_config(split) -> TinyConfig:
+    """The :class:`TinyConfig` that wrote ``split``'s ``dataset.json`` (its ``generator`` record).
+
+    Explained in ``notebooks/01_preprocessing.ipynb``.
+    """
+    doc = _stored_document(split)
+    generator = doc.get("generator", {})
+    return TinyConfig(**{k: v for k, v in generator.items() if k in TinyConfig.__dataclass_fields__})
