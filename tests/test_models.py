@@ -514,6 +514,8 @@ def test_the_tower_registry_says_what_callers_ask():
     assert not any(text[name].pretrained_words for name in ("gru", "gru_attention", "bow", "seed_lstm"))
     with pytest.raises(ValueError, match="already registered"):
         M.register_tower("image", "seed_cnn", M.Tower(lambda pretrained: None, "another"))
+    # the same tower again, as a reloaded module registers it, is accepted
+    M.register_tower("image", "seed_cnn", M.Tower(image["seed_cnn"].build, image["seed_cnn"].about))
 
 
 def test_the_command_line_defaults_to_frozen_pretrained_weights_only_where_they_are_offline(monkeypatch):

@@ -77,20 +77,19 @@ def environment_changes(changes: Mapping[str, str | None]) -> Iterator[None]:
     Explained in ``README.md``.
     """
     # The kernel inherits this process's environment: set (or, for None, remove) variables for its start.
+    def apply(variables: Mapping[str, str | None]) -> None:
+        for k, v in variables.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
     saved = {k: os.environ.get(k) for k in changes}
     try:
-        for k, v in changes.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        apply(changes)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        apply(saved)
 
 
 class NotebookFailure(CellExecutionError):
