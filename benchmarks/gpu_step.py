@@ -21,7 +21,7 @@ Two parts.
 2. The project's own training path: a ``siamese_utils`` ``DualEncoder`` from
    ``build_model(ModelConfig(...))`` (ResNet-50 and the project's GRU text
    tower) trained by ``siamese_utils.core.train.train_one_epoch`` with
-   chapter 08's ``TrainStep`` under ``Runtime(channels_last=True, amp=True,
+   chapter 09's ``TrainStep`` under ``Runtime(channels_last=True, amp=True,
    compile=...)``, fed as ``fit_at_scale`` feeds it: ``load_split_images``
    for each image pipeline (``images="memory"``, ``"disk"``, ``"stream"``:
    decoded in the loader's ``--workers`` processes every epoch), an

@@ -18,6 +18,7 @@ import time
 import torch
 
 import siamese_utils as su
+from siamese_utils.chapters.seed import SeedLSTMTower
 from siamese_utils.core import models
 
 
@@ -81,7 +82,7 @@ def main() -> None:
         print(f"{name:20s} {models.count_parameters(tower)[0]:>12,} {seconds * 1e3:>10.1f} "
               f"{args.batch_size / seconds:>10,.0f}")
 
-    lstm = models.SeedLSTMTower()
+    lstm = SeedLSTMTower()
 
     def unpacked(input_ids, attention_mask):
         hidden, _ = lstm.lstm(lstm.embedding(input_ids))

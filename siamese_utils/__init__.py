@@ -24,15 +24,15 @@ notebooks use most are importable from here: ``import siamese_utils as su``.
 from .core.data import (Batch, CaptionedImages, Collator, DatasetError, ImageDataset, ImageRecord, ImageTextDataset,
                         load_image, make_loader, read_dataset, to_rgb)
 from .core.metrics import retrieval_metrics
-from .core.models import CrossEncoder, DualEncoder, ModelConfig, SeedLSTMTower, build_model
+from .core.models import DualEncoder, ModelConfig, build_model
 from .core.runtime import choose_device, seed_everything, seed_worker
 from .core.text import load_tokenizer, swap_left_right
 from .core.train import DEFAULT_MODEL, Runtime, TrainConfig, encode_split, evaluate, fit, load_model, train_one_epoch
 from .core.transforms import (CaptionAwareHorizontalFlip, ImageTextTransform, ImageTransformConfig,
                               build_image_transform, denormalize)
 
-from .chapters import towers  # noqa: E402,F401  (registers chapter 05's pretrained towers)
-from .chapters.seed import SeedSiameseNetwork  # noqa: E402
+from .chapters.seed import CrossEncoder, SeedLSTMTower, SeedSiameseNetwork  # noqa: E402
+from .chapters import composition, towers  # noqa: E402,F401  (register the grid CNN and chapter 06's pretrained towers)
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,6 @@
 """The GPU step benchmark runs at its tiny sizes on a CPU and the FAISS benchmark at a tiny size; both report
-every variant with a positive throughput, and bad flags are refused with a message naming the value."""
+every variant with a positive throughput, and bad flags (of these and of the composition benchmark) are refused
+with a message naming the value."""
 
 import importlib.util
 import json
@@ -89,6 +90,9 @@ def load(script, monkeypatch):
     ("gpu_step.py", ["--data", "no/such/folder"], "--data no/such/folder: no dataset there"),
     ("gpu_step.py", ["--workers", "-1"], "--workers must be >= 0"),
     ("gpu_step.py", ["--image-tower", "resnet5"], "--image-tower resnet5: not a torchvision classification model"),
+    ("composition.py", ["--data", "no/such/folder"], "--data no/such/folder: no dataset there"),
+    ("composition.py", ["--threads", "0"], "--threads must be at least 1, got 0"),
+    ("composition.py", ["--seeds", "0", "0"], "--seeds 0 0: each seed once"),
 ])
 def test_bad_flags_are_refused(script, args, message, monkeypatch, capsys):
     module = load(script, monkeypatch)

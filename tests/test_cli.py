@@ -132,14 +132,15 @@ def test_train_writes_the_run_folder_and_repeats_to_the_bit(small_tiny, tmp_path
                      "2", *SMALL_FLAGS]) == 0
         outs.append(tmp_path / name)
     printed = capsys.readouterr().out
-    assert "epoch  2/2" in printed and "test i2t R@1/5/10" in printed
+    assert "epoch  2/2" in printed and "test i2t R@1/5/10" in printed and "recipe composition" in printed
     a, b = outs
     assert sorted(p.name for p in a.iterdir()) == ["config.json", "history.csv", "metrics.json", "model.pt"]
     metrics = json.loads((a / "metrics.json").read_text())
     assert set(metrics) == {"val", "test"} and list(metrics["test"]) == list(METRIC_KEYS)
     assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
     config = json.loads((a / "config.json").read_text())
-    assert list(config) == ["model", "train", "runtime", "data"]
+    assert list(config) == ["recipe", "model", "train", "runtime", "data"]
+    assert config["recipe"] == "composition" and config["train"]["batches"] == "images"  # the tiny set's default
     assert config["model"]["image_tower"] == "seed_cnn" and config["model"]["freeze_image"] is False
     assert config["train"]["num_epochs"] == 2 and "num_workers" not in config["train"]
     assert config["runtime"]["num_workers"] == 0 and config["runtime"]["eval_batch_size"] == 256
@@ -234,13 +235,13 @@ def test_train_on_a_corrupt_image_names_the_file_and_writes_no_checkpoint(small_
 
 
 def test_train_freezes_only_image_towers_with_offline_weights_by_default(tmp_path):
-    from siamese_utils.tools.cli import _train_settings, build_parser
+    from siamese_utils.tools.cli import build_parser, train_settings
 
     def settings(*flags):
         args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path), *flags])
-        return _train_settings(args, tmp_path)[0]
+        return train_settings(args, tmp_path).model
 
-    default = settings()
+    default = settings()  # "d" is no dataset: not the tiny set, so the locked-image recipe
     assert (default.image_tower, default.pretrained, default.freeze_image) == ("efficientnet_lite0", True, True)
     assert settings("--no-freeze-image").freeze_image is False
     resnet = settings("--image-tower", "resnet18", "--pretrained")
@@ -322,11 +323,11 @@ def test_every_setting_is_a_flag_with_the_fields_help_in_its_group():
             fields.add(f.name)
     # The other flags are not settings of a config; the old spellings are hidden from --help.
     others = {a.dest for a in train._actions if a.dest not in fields}
-    assert others == {"help", "data", "out", "resume", "cache_dir", "device"}
+    assert others == {"help", "data", "out", "resume", "recipe", "cache_dir", "device"}
     hidden = {s for s, a in flags.items() if a.help == "==SUPPRESS=="}
     assert hidden == {"--image-encoder", "--text-encoder", "--epochs", "--workers"}
-    assert flags["--image-tower"].help.endswith("(default: efficientnet_lite0)")  # train's default model
-    assert flags["--word-dim"].help.endswith("(default: 128)") and flags["--amp"].help.endswith("(default: on)")
+    assert flags["--image-tower"].help.endswith("(default: the recipe's)")  # --recipe decides
+    assert flags["--num-epochs"].help.endswith("(default: the recipe's)") and flags["--amp"].help.endswith("(default: on)")
     assert flags["--compile"].help.endswith("(default: off)")
 
     # `model` takes every model setting, `grid` the recipe's epochs and image size: the same flags.
@@ -338,14 +339,36 @@ def test_every_setting_is_a_flag_with_the_fields_help_in_its_group():
     assert grid["--image-size"].help == flags["--image-size"].help
 
 
+def test_the_tiny_set_trains_the_composition_recipe_by_default_and_says_so(tiny_dir, tmp_path):
+    from siamese_utils.chapters.composition import COMPOSITION_MODEL, COMPOSITION_TRAIN
+    from siamese_utils.core.train import DEFAULT_MODEL
+    from siamese_utils.tools.cli import build_parser, train_settings
+
+    def settings(*flags, data=tiny_dir):
+        return train_settings(build_parser().parse_args(["train", "--data", str(data), "--out", str(tmp_path),
+                                                         *flags]), tmp_path)
+
+    chosen = settings()
+    assert (chosen.recipe, chosen.model, chosen.train) == ("composition", COMPOSITION_MODEL, COMPOSITION_TRAIN)
+    chosen = settings("--num-epochs", "3", "--batches", "partners")  # flags change the recipe they start from
+    assert (chosen.train.num_epochs, chosen.train.batches, chosen.train.batch_size) == (3, "partners", 320)
+    (tmp_path / "photos" / "images").mkdir(parents=True)  # data that is not the tiny set: the locked-image recipe
+    (tmp_path / "photos" / "captions.csv").write_text("image,caption\na.jpg,a dog on a sofa\n")
+    assert settings(data=tmp_path / "photos").recipe == "locked-image"
+    locked = settings("--recipe", "locked-image")
+    assert (locked.recipe, locked.model) == ("locked-image", DEFAULT_MODEL) and locked.train.batches == "captions"
+    with pytest.raises(SystemExit):
+        settings("--recipe", "photos")
+
+
 def test_flags_parse_to_the_types_of_their_fields(tmp_path):
-    from siamese_utils.tools.cli import _train_settings, build_parser
+    from siamese_utils.tools.cli import build_parser, train_settings
 
     args = build_parser().parse_args(
         ["train", "--data", "d", "--out", str(tmp_path), "--grad-clip", "none", "--margin", "0.25",
          "--pretrained-lr", "1e-4", "--no-amp", "--compile", "--prefetch-factor", "none", "--word-dim", "none",
          "--no-learn-temperature", "--cache-features", "--schedule", "constant", "--num-workers", "2"])
-    model, recipe, runtime = _train_settings(args, tmp_path)
+    _, model, recipe, runtime = train_settings(args, tmp_path)
     assert recipe.grad_clip is None and recipe.margin == 0.25 and recipe.pretrained_lr == 1e-4
     assert recipe.cache_features is True and recipe.schedule == "constant"
     assert model.word_dim is None and model.learn_temperature is False
@@ -359,7 +382,7 @@ def test_flags_parse_to_the_types_of_their_fields(tmp_path):
 def test_old_spellings_still_work_with_a_deprecation_line(tmp_path, capsys):
     import re
 
-    from siamese_utils.tools.cli import _train_settings, build_parser
+    from siamese_utils.tools.cli import build_parser, train_settings
 
     capsys.readouterr()
     args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path), "--epochs", "3",
@@ -367,7 +390,7 @@ def test_old_spellings_still_work_with_a_deprecation_line(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         "--epochs is deprecated; use --num-epochs", "--image-encoder is deprecated; use --image-tower",
         "--text-encoder is deprecated; use --text-tower", "--workers is deprecated; use --num-workers"]
-    model, recipe, runtime = _train_settings(args, tmp_path)
+    _, model, recipe, runtime = train_settings(args, tmp_path)
     assert (model.image_tower, model.text_tower, recipe.num_epochs, runtime.num_workers) == ("seed_cnn", "bow", 3, 2)
     assert build_parser().parse_args(["grid", "--epochs", "4"]).num_epochs == 4
     assert capsys.readouterr().err == "--epochs is deprecated; use --num-epochs\n"

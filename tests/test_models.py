@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from siamese_utils.chapters.seed import SeedSiameseNetwork
+from siamese_utils.chapters.seed import CrossEncoder, SeedCNN, SeedLSTMTower, SeedSiameseNetwork
 from siamese_utils.chapters.towers import ResNetTower, TransformerTextTower
 from siamese_utils.core import models as M
 from siamese_utils.core.data import read_dataset
@@ -304,7 +304,7 @@ def test_bag_of_words_is_blind_to_word_order_to_the_bit(tokenizer):
 
 def test_the_fixed_lstm_is_the_lstm_read_at_the_last_real_token(tokenizer):
     torch.manual_seed(0)
-    tower = M.SeedLSTMTower().eval()
+    tower = SeedLSTMTower().eval()
     ids, mask = _encode(tokenizer, CAPTIONS)
     with torch.no_grad():
         unpacked, _ = tower.lstm(tower.embedding(ids))
@@ -491,7 +491,7 @@ def test_build_model_keeps_its_config_and_accepts_overrides():
 
 def test_cross_encoder_scores_one_pair_at_a_time(tokenizer, tiny_images):
     torch.manual_seed(0)
-    cross = M.CrossEncoder(M.SeedCNN(), M.build_text_tower("gru", word_dim=8, hidden_dim=8), hidden_dim=16).eval()
+    cross = CrossEncoder(SeedCNN(), M.build_text_tower("gru", word_dim=8, hidden_dim=8), hidden_dim=16).eval()
     ids, mask = _encode(tokenizer, CAPTIONS)
     logits = cross(tiny_images[:4], ids, mask)
     assert logits.shape == (4,)
@@ -525,8 +525,8 @@ def test_the_command_line_defaults_to_frozen_pretrained_weights_only_where_they_
     monkeypatch.setitem(M.IMAGE_TOWERS, "resnet18", replace(M.IMAGE_TOWERS["resnet18"], offline=True))
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--data", "d", "--out", "o", "--image-tower", "resnet18"])
-    model, _, _ = cli._train_settings(args, Path("o"))
+    model = cli.train_settings(args, Path("o")).model
     assert model.pretrained and model.freeze_image
     args = parser.parse_args(["train", "--data", "d", "--out", "o", "--image-tower", "resnet50"])
-    model, _, _ = cli._train_settings(args, Path("o"))
+    model = cli.train_settings(args, Path("o")).model
     assert not model.pretrained and not model.freeze_image

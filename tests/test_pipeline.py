@@ -1,4 +1,4 @@
-"""Training at scale on one process (chapter 08): the image pipelines (memory, disk cache, streaming), the disk
+"""Training at scale on one process (chapter 09): the image pipelines (memory, disk cache, streaming), the disk
 cache's life cycle, persistent workers, channels-last and torch.compile: same pixels, same batches, same flips,
 the same weights as chapter 03's `fit`, clear errors."""
 

@@ -1,6 +1,6 @@
 """Controlled comparisons: one factor varied around a default, several seeds, one CSV.
 
-Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+Explained in ``notebooks/06_losses_and_encoders.ipynb``.
 
 The seed post's commenters asked three things: a ResNet instead of the tiny
 CNN, attention instead of reading the last token, a triplet or cross-entropy
@@ -35,14 +35,14 @@ import pandas as pd
 import torch
 
 from ..core.data import CaptionedImages
-from ..core.metrics import METRIC_KEYS
+from ..core.metrics import METRIC_KEYS, retrieval_metrics
 from ..core.models import ModelConfig, build_model
 from ..core.runtime import atomic_write, seed_everything
-from ..core.train import DEFAULT_MODEL, TrainConfig, evaluate, fit
+from ..core.train import DEFAULT_MODEL, TrainConfig, encode_split, fit
 
 __all__ = ["Variant", "GridError", "commenter_grid", "run_grid", "read_grid", "summarize_grid", "format_summary"]
 
-FACTORS = ("default", "loss", "text tower", "image tower")
+FACTORS = ("default", "loss", "text tower", "image tower", "batches", "hard negatives", "flip", "epochs")
 RESULT_KEYS = ("i2t_r1", "t2i_r1", "rsum", "seconds")
 
 
@@ -59,7 +59,7 @@ class Variant:
     ``level`` is that factor's value in words. ``train`` holds everything about
     training except the seed, which :func:`run_grid` sets per run.
 
-    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
     """
 
     name: str
@@ -78,7 +78,7 @@ class Variant:
 
 def commenter_grid(model: ModelConfig = DEFAULT_MODEL, train: TrainConfig | None = None,
                    pretrained_lr: float = 1e-4) -> list[Variant]:
-    """The comparison of chapter 05: the default, then each commenter's question as one varied factor.
+    """The comparison of chapter 06: the default, then each commenter's question as one varied factor.
 
     - **loss** (tower pair fixed): the seed's ``CosineEmbeddingLoss`` on one
       random negative per pair, VSE++'s hinge loss summed over the batch, its
@@ -95,7 +95,7 @@ def commenter_grid(model: ModelConfig = DEFAULT_MODEL, train: TrainConfig | None
     ``train.lr``), as is usual when fine-tuning: at the learning rate of
     freshly initialised layers they would forget what they were pretrained on.
 
-    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
     """
     train = train or TrainConfig()
     ft = replace(train, pretrained_lr=pretrained_lr)
@@ -132,16 +132,21 @@ def commenter_grid(model: ModelConfig = DEFAULT_MODEL, train: TrainConfig | None
 
 COLUMNS = ("variant", "factor", "level", "seed", *METRIC_KEYS, "val_rsum", "val_rsum_by_epoch", "seconds",
            "trainable_params", "train_images", "model_config", "train_config", "data")
+# On the tiny set (its scenes stored), also: how often each two-shape test caption's image beats its minimal pair
+# (percent per question, and as JSON every such caption's image, what its partner swaps and its 0/1 outcome, in
+# caption order), and text -> image
+# R@1 by meaning. Files written before these existed still read: the columns are optional.
+COMPOSITION_COLUMNS = ("beats_colours", "beats_places", "beats_outcomes", "semantic_t2i_r1")
 
 
 def read_grid(path: str | os.PathLike) -> pd.DataFrame:
     """Read a grid CSV written by :func:`run_grid` (an empty frame if the file does not exist).
 
-    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
     """
     path = Path(path)
     if not path.exists():
-        return pd.DataFrame(columns=list(COLUMNS))
+        return pd.DataFrame(columns=[*COLUMNS, *COMPOSITION_COLUMNS])
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -151,7 +156,7 @@ def read_grid(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise GridError(f"{path}: not a grid results file (no column(s) {', '.join(missing)}); "
                         "move it aside or pass another --out file")
-    return df
+    return df.reindex(columns=[*COLUMNS, *COMPOSITION_COLUMNS])
 
 
 def _same_settings(row: pd.Series, variant: Variant, train: TrainConfig, data_key: str, train_images) -> bool:
@@ -186,7 +191,7 @@ def run_grid(variants: Sequence[Variant], train_split: CaptionedImages, val_spli
     interrupted grid resumes and a finished one costs nothing to show again;
     rows of other settings stay in the file untouched.
 
-    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
     """
     variants = list(variants)
     seeds = list(seeds)
@@ -207,7 +212,7 @@ def run_grid(variants: Sequence[Variant], train_split: CaptionedImages, val_spli
         train_split = train_split[:train_images]
     device = device or torch.device("cpu")
     path = Path(out) if out is not None else None
-    table = read_grid(path) if path is not None else pd.DataFrame(columns=list(COLUMNS))
+    table = read_grid(path) if path is not None else pd.DataFrame(columns=[*COLUMNS, *COMPOSITION_COLUMNS])
     data_key = _data_key(test_split)
 
     rows = []
@@ -225,13 +230,13 @@ def run_grid(variants: Sequence[Variant], train_split: CaptionedImages, val_spli
             row.update(data=data_key, train_images=train_images)
             rows.append(row)
             if path is not None:
-                new = pd.DataFrame([row], columns=list(COLUMNS))
+                new = pd.DataFrame([row], columns=[*COLUMNS, *COMPOSITION_COLUMNS])
                 table = new if table.empty else pd.concat([table, new], ignore_index=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, lambda tmp: table[list(COLUMNS)].to_csv(tmp, index=False))
+                atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
             if log is not None:
                 log(f"{variant.name:<32} seed {seed}  rsum {row['rsum']:6.1f}  trained in {row['seconds']:.0f} s")
-    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({"seed": int})
+    return pd.DataFrame(rows, columns=[*COLUMNS, *COMPOSITION_COLUMNS]).astype({"seed": int})
 
 
 def _run_one(variant: Variant, train: TrainConfig, train_split, val_split, test_split, tokenizer, device) -> dict:
@@ -240,9 +245,10 @@ def _run_one(variant: Variant, train: TrainConfig, train_split, val_split, test_
     tick = time.perf_counter()
     result = fit(model, train_split, val_split, train, tokenizer, device=device, progress=False, log=None)
     seconds = time.perf_counter() - tick
-    test = evaluate(result.model, test_split, tokenizer, device, image_size=train.image_size,
-                    max_length=train.max_length)
-    return {
+    img_emb, txt_emb = encode_split(result.model, test_split, tokenizer, device, image_size=train.image_size,
+                                    max_length=train.max_length)
+    test = retrieval_metrics(img_emb, txt_emb, test_split.txt_to_img)
+    return {**_composition_scores(test_split, img_emb @ txt_emb.T),
         "variant": variant.name, "factor": variant.factor, "level": variant.level, "seed": train.seed,
         **{k: float(test[k]) for k in METRIC_KEYS},
         "val_rsum": float(result.val_metrics["rsum"]),
@@ -252,6 +258,22 @@ def _run_one(variant: Variant, train: TrainConfig, train_split, val_split, test_
         "model_config": json.dumps(variant.model.to_dict(), sort_keys=True),
         "train_config": json.dumps(train.to_dict(), sort_keys=True),
     }
+
+
+def _composition_scores(split: CaptionedImages, sim: torch.Tensor) -> dict:
+    """:data:`COMPOSITION_COLUMNS` of a tiny-set split (NaN for other data)."""
+    from .analysis import ASKS, failure_analysis, semantic_recall, truth_matrix
+    try:
+        report, truth = failure_analysis(split, sim), truth_matrix(split)
+    except ValueError:  # not the tiny set: no scenes, no stored meaning
+        return dict.fromkeys(COMPOSITION_COLUMNS, float("nan"))
+    pairs = report.dropna(subset=["beats_partner"])
+    share = {key: 100.0 * float(pairs.loc[pairs["asks"] == ASKS[kind], "beats_partner"].astype(float).mean())
+             for key, kind in (("beats_colours", "swap_colours"), ("beats_places", "swap_places"))}
+    outcomes = {"image": pairs["image"].tolist(), "partner_swaps": [kind for kind in pairs["asks"].map(
+        {v: k for k, v in ASKS.items()})], "beats": pairs["beats_partner"].astype(int).tolist()}
+    return {**share, "beats_outcomes": json.dumps(outcomes),
+            "semantic_t2i_r1": semantic_recall(sim, truth)["t2i_r1"]}
 
 
 # --------------------------------------------------------------------------- summaries
@@ -269,7 +291,7 @@ def summarize_grid(results: pd.DataFrame, order: Sequence[str] | None = None) ->
     seed it is ``NaN``. Rows keep the order of ``order`` (variant names) or of
     their first appearance.
 
-    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
     """
     if results.empty:
         raise GridError("no results to summarise: run the grid first")
@@ -289,7 +311,7 @@ def summarize_grid(results: pd.DataFrame, order: Sequence[str] | None = None) ->
 def format_summary(summary: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     """The summary as text, ``mean ± std`` per cell (``mean`` alone for one seed) and the fastest run's time.
 
-    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
     """
     def cell(mean: float, std: float, d: int) -> str:
         return f"{mean:.{d}f}" if math.isnan(std) else f"{mean:.{d}f} ± {std:.{d}f}"

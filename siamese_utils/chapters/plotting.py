@@ -2,7 +2,7 @@
 
 Explained in ``notebooks/01_preprocessing.ipynb``, ``notebooks/02_model_construction.ipynb``,
 ``notebooks/03_contrastive_training.ipynb``, ``notebooks/04_evaluation.ipynb`` and
-``notebooks/05_losses_and_encoders.ipynb``.
+``notebooks/05_composition.ipynb`` and ``notebooks/06_losses_and_encoders.ipynb``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "plot_embedding_map",
     "plot_word_importance",
     "plot_grid",
+    "plot_cell_maps",
 ]
 
 # Colourblind-safe choices shared by the evaluation figures: a thick green frame and a tick mark for the right
@@ -659,7 +660,7 @@ def plot_word_importance(importance, unseen: Sequence[str] = (), title: str | No
     ones speak against it; ``unseen`` words (never in a training caption) are
     hatched. Words read top to bottom in caption order. Returns the figure.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
     import matplotlib.pyplot as plt
 
@@ -697,7 +698,7 @@ def plot_grid(results, title: str = "One factor at a time, several seeds"):
     as a dashed line, so a difference can be judged against the spread of the
     seeds. Right: training time of the fastest seed (log scale). Colours mark the factor varied.
 
-    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
     """
     import matplotlib.pyplot as plt
 
@@ -724,4 +725,50 @@ def plot_grid(results, title: str = "One factor at a time, several seeds"):
     ax_time.set_xscale("log")
     ax_time.set(xlabel="training time, fastest run (s, log scale)", title="cost")
     fig.suptitle(title)
+    return fig
+
+
+def plot_cell_maps(images: Sequence, maps: Sequence[Sequence], captions: Sequence[Sequence[str]],
+                   title: str = "Where the image tower looks", width: float = 2.6, wrap: int = 26,
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """One row per image: the image, then one map per caption (titled with the caption), drawn over the image (red:
+    the cells that raise the caption's score, blue: those that lower it).
+
+    ``maps[r][c]``: a ``(g, g)`` score grid for image ``r`` and caption ``captions[r][c]`` (for example
+    ``composition.cell_similarity``); one colour scale for the whole figure, symmetric about zero.
+
+    Explained in ``notebooks/05_composition.ipynb``.
+    """
+    import matplotlib.pyplot as plt
+
+    if len(images) != len(maps) or len(maps) != len(captions):
+        raise ValueError(f"{len(images)} images, {len(maps)} rows of maps and {len(captions)} rows of captions: "
+                         "give one row of each per image")
+    arrays = [[np.asarray(torch.as_tensor(m).detach().cpu(), dtype=float) for m in row] for row in maps]
+    if any(len(row) != len(caps) for row, caps in zip(arrays, captions)):
+        raise ValueError("each row needs one map per caption")
+    limit = max(float(np.abs(m).max()) for row in arrays for m in row) or 1.0
+    cols = 1 + max(len(row) for row in arrays)
+    fig, axes = plt.subplots(len(images), cols, figsize=(width * cols, width * len(images) + 0.6), squeeze=False)
+    shown = None
+    for r, (image, row, caps) in enumerate(zip(images, arrays, captions)):
+        picture = _as_display_array(image, mean, std)
+        axes[r][0].imshow(picture)
+        axes[r][0].set_title("image", fontsize=9)
+        for c in range(1, cols):
+            ax = axes[r][c]
+            if c - 1 >= len(row):
+                ax.axis("off")
+                continue
+            size = picture.shape[0]
+            ax.imshow(picture, alpha=0.55)
+            shown = ax.imshow(row[c - 1], cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6,
+                              extent=(0, size, size, 0), interpolation="nearest")
+            ax.set_title(textwrap.fill(caps[c - 1], wrap), fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title)
+    if shown is not None:
+        fig.colorbar(shown, ax=axes, shrink=0.6, label="share of the score")
     return fig

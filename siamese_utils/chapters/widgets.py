@@ -11,7 +11,7 @@ The logic lives in plain functions that the panels call and the tests check
 without a browser: :func:`check_query` (words the model has never seen),
 :func:`word_importance` (which words a match rests on).
 
-Explained in ``notebooks/07_interactive_search.ipynb``.
+Explained in ``notebooks/08_interactive_search.ipynb``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def seen_token_ids(captions: Iterable[str], tokenizer, batch_size: int = 1024) -
     A text tower trained from scratch has a learned vector only for these ids;
     every other row of its embedding is still at its random starting value.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
     captions = list(captions)
     seen: set[int] = set()
@@ -90,7 +90,7 @@ class QueryCheck:
     caption contains; ``unknown`` those the tokenizer turns into ``[UNK]``;
     ``cut`` those past ``max_length`` tokens, which truncation drops.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
 
     query: str
@@ -158,7 +158,7 @@ def check_query(caption: str, tokenizer, seen: Iterable[int] | None = None, max_
     ``pretrained_text`` words the note for a text tower that knew words
     before training.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
     if not isinstance(caption, str):
         raise TypeError(f"the query must be a string, not {type(caption).__name__}")
@@ -197,7 +197,7 @@ class WordImportance:
     word dropped) and ``change`` (``score - without``: positive when the word
     supports the match, negative when it speaks against it).
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
 
     caption: str
@@ -241,7 +241,7 @@ def word_importance(gallery: Gallery, caption: str, image) -> WordImportance:
     file. A word split into several word pieces is dropped whole. All the
     shortened captions go through the text tower as one batch.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
     text = caption.strip() if isinstance(caption, str) else caption
     if not isinstance(text, str) or not text:
@@ -281,7 +281,7 @@ def read_upload(value) -> tuple[str, Image.Image]:
     ipywidgets 7 a dict ``{name: {"content": bytes, ...}}``. A file Pillow
     cannot read raises ``ValueError`` naming it.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
     if isinstance(value, dict):
         files = [(name, f.get("content", b"")) for name, f in value.items()]
@@ -390,7 +390,7 @@ class TextSearchPanel(_Panel):
     ``why`` (Dropdown) and ``why_view`` (HTML). ``results`` holds the current
     results as :meth:`Gallery.search_text` returns them.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
 
     def __init__(self, gallery: Gallery, seen: Iterable[int] | Iterable[str] | None = None, k: int = 5,
@@ -510,7 +510,7 @@ class ImageSearchPanel(_Panel):
     ``results_view``; ``results`` holds the current results as
     :meth:`Gallery.search_image` returns them.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
 
     def __init__(self, gallery: Gallery, k: int = 5, image: int = 0, thumbnails: _Thumbnails | None = None):
@@ -604,7 +604,7 @@ class EmbeddingExplorer(_Panel):
     captions are drawn (a map of thousands is unreadable, and heavy to send
     to the browser); ranks are among those.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
 
     def __init__(self, gallery: Gallery, point: tuple[str, int] = ("image", 0), size: int = 520,
@@ -741,7 +741,7 @@ class SearchPanel(_Panel):
     ``seen``: the training captions (or their token ids), for the notes on
     unseen words. ``text``, ``image`` and ``explorer`` are the three panels.
 
-    Explained in ``notebooks/07_interactive_search.ipynb``.
+    Explained in ``notebooks/08_interactive_search.ipynb``.
     """
 
     def __init__(self, gallery: Gallery, seen: Iterable[int] | Iterable[str] | None = None, k: int = 5,

@@ -29,6 +29,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .runtime import epoch_seed, seed_worker
+from .text import swap_left_right
+from .transforms import CaptionAwareHorizontalFlip
 
 __all__ = ["DatasetError", "ImageRecord", "CaptionedImages", "read_dataset", "read_karpathy_json", "read_captions_csv",
            "load_image", "to_rgb", "ImageTextDataset", "ImageDataset", "Batch", "Collator", "make_loader"]
@@ -386,41 +388,59 @@ class _ImageSource:
 class ImageTextDataset(torch.utils.data.Dataset):
     """(image, caption) pairs, one item per caption, for training.
 
-    Images come from the split's files (kept decoded when ``cache_images``; default: for up to 2,000 images) or from
-    ``images``, by image number: pixels ``(N, 3, S, S)`` or a frozen tower's features ``(N, F)``. The ``transform`` sees
-    each (image, caption) pair whole, so that it can keep the caption true; after :meth:`set_epoch_seed` its draws for
-    caption ``j`` depend on the epoch's seed and ``j`` alone.
+    Images come from the split's files (kept decoded when ``cache_images``; default: up to 2,000 images) or from
+    ``images``: pixels ``(N, 3, S, S)`` or a frozen tower's features ``(N, F)``. The ``transform`` sees each pair whole,
+    to keep the caption true; after :meth:`set_epoch_seed` its draws depend on the epoch's seed and the caption alone
+    (the image alone when grouped). ``negatives``: per caption, hard-negative captions, mirrored with it. ``units``:
+    ``None`` (captions in order, for a shuffling loader) or groups of image numbers: each epoch, the groups in a seeded
+    order, each image with all its captions, for a loader that does not shuffle.
     """
 
     def __init__(self, data: CaptionedImages, transform: Callable[[Any, str], tuple[Any, str]] | None = None,
-                 cache_images: bool | None = None, progress: bool = False, *, images: Any = None):
+                 cache_images: bool | None = None, progress: bool = False, *, images: Any = None,
+                 negatives: Sequence[Sequence[str]] | None = None, units: Sequence[Sequence[int]] | None = None):
         if transform is not None and getattr(images, "ndim", None) == 2:
             raise ValueError("cached features (N, F) cannot be transformed like images; use transform=None")
-        self.data, self.transform = data, transform
+        self.data, self.transform, self.negatives, self.units = data, transform, negatives, units
         self.images = images if images is not None else _ImageSource(data, cache_images, progress)
         self.captions, self.txt_to_img = data.captions, data.txt_to_img
-        # In shared memory, so that workers kept alive across epochs see each new epoch's seed.
+        if negatives is not None and len(negatives) != len(self.captions):
+            raise ValueError(f"{len(negatives)} lists of negatives; give one per caption ({len(self.captions)})")
+        # In shared memory, so that workers kept alive across epochs see each new epoch's seed and order.
         self._epoch_seed = torch.full((), -1, dtype=torch.long).share_memory_()
+        self._order = torch.arange(len(self.captions)).share_memory_()
 
     def set_epoch_seed(self, seed: int | None) -> None:
-        """Derive each pair's random draws from ``seed`` and its caption index (``None``: torch's running state)."""
+        """Derive each pair's random draws (and a grouped order) from ``seed`` (``None``: torch's running state)."""
         self._epoch_seed.fill_(-1 if seed is None else seed)
+        if self.units is not None:  # the units in a seeded order, each image with its captions (stored image by image)
+            shuffled = torch.randperm(len(self.units), generator=torch.Generator().manual_seed(max(seed or 0, 0)))
+            first = np.cumsum([0, *np.bincount(self.txt_to_img, minlength=len(self.data))])
+            self._order.copy_(torch.as_tensor(np.concatenate([np.arange(first[i], first[i + 1])
+                                                               for k in shuffled.tolist() for i in self.units[k]])))
 
     def __len__(self) -> int:
         return len(self.captions)
 
-    def __getitem__(self, j: int) -> dict[str, Any]:
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        j = int(self._order[k])
         i = int(self.txt_to_img[j])
         image, caption = self.images[i], self.captions[j]
+        negatives = list(self.negatives[j]) if self.negatives is not None else []
         if self.transform is not None:
             seed = int(self._epoch_seed)
-            if seed < 0:
-                image, caption = self.transform(image, caption)
+            seed = epoch_seed(seed, j if self.units is None else i) if seed >= 0 else None
+            if seed is not None and isinstance(self.transform, CaptionAwareHorizontalFlip):  # the same draw, faster
+                image, flipped = self.transform(image, caption, generator=torch.Generator().manual_seed(seed))
             else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(epoch_seed(seed, j))
-                    image, caption = self.transform(image, caption)
-        return {"image": image, "caption": caption, "image_index": i, "caption_index": j}
+                with torch.random.fork_rng(devices=[], enabled=seed is not None):
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    image, flipped = self.transform(image, caption)
+            if flipped != caption:  # mirrored: the negatives' left and right swap with the caption's
+                negatives = [swap_left_right(n) for n in negatives]
+            caption = flipped
+        return {"image": image, "caption": caption, "image_index": i, "caption_index": j, "negatives": negatives}
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -452,14 +472,17 @@ class Batch:
     image_index: torch.Tensor  # (B,) long
     caption_index: torch.Tensor  # (B,) long
     captions: list[str]
+    negative_ids: torch.Tensor | None = None  # (N, T') hard-negative captions, when the pairs carry them
+    negative_mask: torch.Tensor | None = None  # (N, T')
+    negative_owner: torch.Tensor | None = None  # (N,) the pair each negative was made from
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
-        return replace(self, images=fn(self.images), input_ids=fn(self.input_ids),
-                       attention_mask=fn(self.attention_mask), image_index=fn(self.image_index),
-                       caption_index=fn(self.caption_index))
+        tensors = ("images", "input_ids", "attention_mask", "image_index", "caption_index", "negative_ids",
+                   "negative_mask", "negative_owner")
+        return replace(self, **{k: fn(getattr(self, k)) for k in tensors if getattr(self, k) is not None})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -469,24 +492,41 @@ class Batch:
 
 
 class Collator:
-    """Collate items into a :class:`Batch`: captions padded to the batch's longest, cut at ``max_length`` tokens."""
+    """Collate items into a :class:`Batch`: captions padded to the batch's longest, cut at ``max_length`` tokens.
+
+    Each caption's token ids are remembered (the last ``CACHE_SIZE`` captions at most: training sees each every epoch),
+    giving what the tokenizer gives with ``padding="longest"``.
+    """
+
+    CACHE_SIZE = 500_000
 
     def __init__(self, tokenizer, max_length: int = 64):
         self.tokenizer, self.max_length = tokenizer, max_length
+        self.known: dict[str, torch.Tensor] = {}
 
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        new = list(dict.fromkeys(c for c in captions if c not in self.known))
+        if len(self.known) + len(new) > self.CACHE_SIZE:
+            self.known.clear()
+        found = self.tokenizer(new, truncation=True, max_length=self.max_length)["input_ids"] if new else []
+        self.known.update((c, torch.tensor(ids, dtype=torch.long)) for c, ids in zip(new, found))
+        ids = [self.known[c] for c in captions]
+        input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.tokenizer.pad_token_id)
+        lengths = torch.tensor([len(row) for row in ids])
+        return {"input_ids": input_ids, "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()}
 
     def __call__(self, items: list[dict[str, Any]]) -> Batch:
         captions = [it["caption"] for it in items]
         tokens = self.tokenize(captions)
+        negatives = [(k, n) for k, it in enumerate(items) for n in it.get("negatives", ())]
+        found = self.tokenize([n for _, n in negatives]) if negatives else {}
+        extra = {"negative_ids": found["input_ids"], "negative_mask": found["attention_mask"],
+                 "negative_owner": torch.tensor([k for k, _ in negatives], dtype=torch.long)} if negatives else {}
         return Batch(images=torch.stack([it["image"] for it in items]), input_ids=tokens["input_ids"],
                      attention_mask=tokens["attention_mask"],
                      image_index=torch.tensor([it["image_index"] for it in items], dtype=torch.long),
                      caption_index=torch.tensor([it["caption_index"] for it in items], dtype=torch.long),
-                     captions=captions)
+                     captions=captions, **extra)
 
 
 def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,

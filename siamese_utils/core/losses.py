@@ -100,12 +100,14 @@ def hinge_triplet_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, image_index
 
 
 def info_nce_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch.Tensor | float,
-                  image_index: torch.Tensor | None = None) -> torch.Tensor:
+                  image_index: torch.Tensor | None = None, negatives: torch.Tensor | None = None,
+                  negative_owner: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP's symmetric InfoNCE: cross-entropy over the scaled similarity matrix, both directions.
 
     ``logits = exp(logit_scale).clamp(max=100) * img_emb @ txt_emb.T`` (``logit_scale``: the *log* of the inverse
     temperature); row ``i`` should pick caption ``i`` and column ``i`` image ``i``; the loss averages the two
-    cross-entropies. Other captions of the same image are left out of each softmax.
+    cross-entropies. Other captions of the same image are left out of each softmax. Hard ``negatives`` ``(N, D)`` join
+    the image -> text softmax of the rows showing the image of pair ``negative_owner[n]``, and no other (NegCLIP).
     """
     _check_pair(img_emb, txt_emb)
     scale = torch.as_tensor(logit_scale, dtype=img_emb.dtype, device=img_emb.device).exp().clamp(max=MAX_LOGIT_SCALE)
@@ -115,7 +117,13 @@ def info_nce_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: tor
     others.fill_diagonal_(False)
     logits_per_image = logits_per_image.masked_fill(others, float("-inf"))
     labels = torch.arange(batch, device=logits_per_image.device)
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_image.T, labels)) / 2
+    text_side = F.cross_entropy(logits_per_image.T, labels)
+    if negatives is not None and len(negatives):
+        index = torch.arange(batch, device=img_emb.device) if image_index is None else image_index
+        theirs = index[:, None] == index[negative_owner][None, :]
+        extra = (scale * (img_emb @ negatives.T)).masked_fill(~theirs, float("-inf"))
+        logits_per_image = torch.cat([logits_per_image, extra], dim=1)
+    return (F.cross_entropy(logits_per_image, labels) + text_side) / 2
 
 
 LOSSES = {
@@ -128,12 +136,14 @@ LOSSES = {
 
 def contrastive_loss(name: str, img_emb: torch.Tensor, txt_emb: torch.Tensor, image_index: torch.Tensor | None = None,
                      *, logit_scale: torch.Tensor | float | None = None, margin: float | None = None,
-                     hardest: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+                     hardest: bool = True, generator: torch.Generator | None = None,
+                     negatives: torch.Tensor | None = None, negative_owner: torch.Tensor | None = None) -> torch.Tensor:
     """One of :data:`LOSSES` by name, as the training loop calls it.
 
     ``hardest=False`` makes ``"hardest"`` behave like ``"hinge"`` (the warm-up); ``margin`` defaults to each loss's own
-    (cosine 0.3, hinge 0.2); ``"infonce"`` needs ``logit_scale``.
-    """
+    (cosine 0.3, hinge 0.2); ``"infonce"`` needs ``logit_scale`` and alone takes hard ``negatives``."""
+    if negatives is not None and name != "infonce":
+        raise ValueError(f"hard negatives join the 'infonce' loss's softmax; the {name!r} loss takes none")
     own_margin = {} if margin is None else {"margin": margin}
     if name == "cosine":
         return cosine_embedding_loss(img_emb, txt_emb, image_index, generator=generator, **own_margin)
@@ -143,5 +153,5 @@ def contrastive_loss(name: str, img_emb: torch.Tensor, txt_emb: torch.Tensor, im
     if name == "infonce":
         if logit_scale is None:
             raise ValueError("the 'infonce' loss needs the model's logit_scale")
-        return info_nce_loss(img_emb, txt_emb, logit_scale, image_index)
+        return info_nce_loss(img_emb, txt_emb, logit_scale, image_index, negatives, negative_owner)
     raise ValueError(f"unknown loss {name!r}. Choose one of: " + "; ".join(f"{k!r}: {v}" for k, v in LOSSES.items()))

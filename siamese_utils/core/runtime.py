@@ -41,9 +41,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn`` for DataLoader: pass the seed torch gave this worker on to ``random`` and NumPy."""
-    worker_seed = torch.initial_seed() % 2**32
-    random.seed(worker_seed)
-    np.random.seed(worker_seed)
+    random.seed(torch.initial_seed() % 2**32)
+    np.random.seed(torch.initial_seed() % 2**32)
 
 
 def choose_device(prefer: str | None = None) -> torch.device:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 __all__ = ["BERT_UNCASED_VOCAB_SIZE", "offline_tokenizer_dir", "load_tokenizer", "swap_left_right",
-           "mentions_left_right"]
+           "mentions_left_right", "match_case"]
 
 BERT_UNCASED_VOCAB_SIZE = 30522
 HUB_NAME = "bert-base-uncased"
@@ -62,7 +62,8 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
 _LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
 
 
-def _match_case(word: str, like: str) -> str:
+def match_case(word: str, like: str) -> str:
+    """``word`` in the case of ``like``: upper case, capitalised, or as it is."""
     if like.isupper():
         return word.upper()
     if like[0].isupper():
@@ -78,7 +79,7 @@ def swap_left_right(caption: str) -> str:
 
     def repl(m: re.Match) -> str:
         word = "right" if m.group(1).lower() == "left" else "left"
-        return _match_case(word, m.group(1)) + (m.group(2) or "")
+        return match_case(word, m.group(1)) + (m.group(2) or "")
 
     return _LEFT_RIGHT.sub(repl, caption)
 
@@ -86,3 +87,4 @@ def swap_left_right(caption: str) -> str:
 def mentions_left_right(caption: str) -> bool:
     """Whether a caption uses "left" or "right" (and so changes meaning under a mirror flip)."""
     return _LEFT_RIGHT.search(caption) is not None
+

@@ -1,7 +1,7 @@
 """Training a dual encoder: the recipe, the loop, validation, checkpoints and resuming.
 
 :class:`TrainConfig` (the recipe) decides what a run learns and is checked when it resumes; :class:`Runtime` only how it
-uses the machine. Chapter 08 (:mod:`siamese_utils.chapters.scaling.train`) builds on the same pieces.
+uses the machine. Chapter 09 (:mod:`siamese_utils.chapters.scaling.train`) builds on the same pieces.
 
 Explained in ``notebooks/03_contrastive_training.ipynb``.
 """
@@ -31,7 +31,7 @@ from .transforms import CaptionAwareHorizontalFlip, ImageTransformConfig, build_
 __all__ = ["DEFAULT_MODEL", "TrainConfig", "Runtime", "TrainResult", "CheckpointError", "RunState", "ContrastiveStep",
            "prepare_images", "encode_image_tensors", "training_pairs", "decay_groups", "make_optimizer",
            "make_scheduler", "train_one_epoch", "encode_split", "evaluate", "fit", "save_checkpoint", "load_checkpoint",
-           "load_model", "load_run", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+           "load_model", "load_run", "BATCHES", "NEGATIVE_MAKERS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 CHECKPOINT_FORMAT = "siamese-image-text checkpoint"
 CHECKPOINT_VERSION = 1
@@ -72,7 +72,7 @@ class Runtime(Settings):
                              "backend's name such as 'inductor' or 'aot_eager'")
 
     def scaled(self) -> list[str]:
-        """The settings that need chapter 08's training loop, as ``name=value``; empty for ``fit``'s."""
+        """The settings that need chapter 09's training loop, as ``name=value``; empty for ``fit``'s."""
         core = {f.name for f in fields(self)} - {"num_workers", "amp", "eval_batch_size"}
         return [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
                 if f.name in core and getattr(self, f.name) != (f.default if f.default is not MISSING else None)]
@@ -102,6 +102,11 @@ class TrainConfig(Settings):
     flip: Literal["swap", "skip", "off"] = setting(
         "swap", "the caption-aware horizontal flip: swap left/right in flipped captions, skip captions that "
         "mention them, or off", choices=("swap", "skip", "off"))
+    batches: str = setting("captions", "what a batch holds: shuffled captions; whole images with all their captions; "
+                                       "or whole images beside their minimal-pair partners",
+                           choices=("captions", "images", "partners"))
+    hard_negatives: bool = setting(False, "add each caption's word-swapped negatives to its image's softmax (NegCLIP; "
+                                          "infonce only)")
     cache_features: bool | None = setting(None, "compute a frozen image tower's features once (default: "
                                                  "whenever the image tower is frozen)")
     seed: int = setting(0, "seed of the initialisation, the batches and every random draw")
@@ -121,6 +126,9 @@ class TrainConfig(Settings):
             raise ValueError("weight_decay, warmup_epochs and hardest_warmup_epochs must be >= 0")
         one_of("schedule", self.schedule, ("cosine", "constant"))
         one_of("flip", self.flip, ("swap", "skip", "off"))
+        one_of("batches", self.batches, ("captions", *BATCHES))
+        if self.hard_negatives and self.loss != "infonce":
+            raise ValueError(f"hard_negatives join the infonce loss's softmax; loss={self.loss!r} takes none")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip={self.grad_clip!r} must be positive, or None to turn clipping off")
         if self.margin is not None and not self.margin >= 0:
@@ -160,8 +168,8 @@ def training_pairs(model: DualEncoder, split: CaptionedImages, images, config: T
     """The pairs ``fit`` trains on, and whether they hold a frozen image tower's features instead of pixels.
 
     ``images``: the split's pixels (:func:`prepare_images`). Unless ``cache_features=False``, a frozen tower's features
-    are computed here; pixels get the caption-aware flip, features cannot.
-    """
+    are computed here; pixels get the caption-aware flip, features cannot. The recipe's ``batches`` and
+    ``hard_negatives`` ask :data:`BATCHES` and :data:`NEGATIVE_MAKERS`."""
     frozen = model.is_frozen("image")
     if config.cache_features and not frozen:
         raise ValueError("cache_features=True needs a frozen image tower (freeze_image=True in the model config)")
@@ -170,7 +178,19 @@ def training_pairs(model: DualEncoder, split: CaptionedImages, images, config: T
         model.image_tower.eval()
         images = encode_image_tensors(model.image_tower, images, device, batch_size)
     flip = None if features else CaptionAwareHorizontalFlip(0.5, config.flip)
-    return ImageTextDataset(split, flip, images=images), features
+    if config.hard_negatives and not NEGATIVE_MAKERS:
+        raise ValueError("hard_negatives=True needs a maker of hard-negative captions: `import siamese_utils` "
+                         "registers chapter 05's swapped words (siamese_utils.chapters.composition)")
+    negatives = NEGATIVE_MAKERS[-1](split) if config.hard_negatives else None
+    units = None if config.batches == "captions" else BATCHES[config.batches](split)
+    return ImageTextDataset(split, flip, images=images, negatives=negatives, units=units), features
+
+
+# What ``batches`` may name besides "captions": groups of images batched together (chapter 05 adds "partners").
+BATCHES: dict[str, Callable[[CaptionedImages], list[list[int]]]] = {
+    "images": lambda data: [[i] for i in range(len(data))]}
+# What ``hard_negatives=True`` uses: ``maker(split)`` gives, per caption, captions false of its image (chapter 05).
+NEGATIVE_MAKERS: list[Callable[[CaptionedImages], list[list[str]]]] = []
 
 
 # --------------------------------------------------------------------------- the loop
@@ -219,10 +239,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: in
 
 
 class ContrastiveStep(torch.nn.Module):
-    """One training step's forward pass: the embeddings of a batch and the contrastive loss on them.
-
-    A module holding every parameter the loss depends on (for ``DistributedDataParallel``). ``amp``: autocast on CUDA.
-    """
+    """One training step's forward pass: the embeddings of a batch and the contrastive loss on them. A module
+    holding every parameter the loss depends on (for ``DistributedDataParallel``); ``amp``: autocast on CUDA."""
 
     def __init__(self, model: DualEncoder, config: TrainConfig, amp: bool = True):
         super().__init__()
@@ -244,11 +262,20 @@ class ContrastiveStep(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 image_index: torch.Tensor, features: bool = False, hardest: bool = True,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        img_emb, txt_emb, image_index = self.gather(*self.embed(images, input_ids, attention_mask, features),
-                                                    image_index)
+                generator: torch.Generator | None = None, negative_ids: torch.Tensor | None = None,
+                negative_mask: torch.Tensor | None = None, negative_owner: torch.Tensor | None = None) -> torch.Tensor:
+        unique, inverse = torch.unique(image_index, return_inverse=True)
+        first = torch.full_like(unique, len(image_index)).scatter_reduce_(
+            0, inverse, torch.arange(len(image_index), device=inverse.device), "amin")
+        once = (self.config.batches != "captions" and len(unique) < len(image_index)  # whole images: encode each once;
+                and torch.equal(images[first][inverse], images))  # caption batches: every row, as 03 does (BatchNorm)
+        img_emb, txt_emb = self.embed(images[first] if once else images, input_ids, attention_mask, features)
+        img_emb, txt_emb, image_index = self.gather(img_emb[inverse] if once else img_emb, txt_emb, image_index)
+        with self.autocast(input_ids.device):  # hard negatives (one process only): captions, encoded as the others
+            negatives = None if negative_ids is None else self.model.encode_texts(negative_ids, negative_mask).float()
         return contrastive_loss(self.config.loss, img_emb, txt_emb, image_index, logit_scale=self.model.logit_scale,
-                                margin=self.config.margin, hardest=hardest, generator=generator)
+                                margin=self.config.margin, hardest=hardest, generator=generator,
+                                negatives=negatives, negative_owner=negative_owner)
 
 
 def train_one_epoch(model: DualEncoder, loader, optimizer, scheduler, config: TrainConfig, epoch: int,
@@ -273,7 +300,8 @@ def train_one_epoch(model: DualEncoder, loader, optimizer, scheduler, config: Tr
     for batch in batches:
         batch = batch.to(device, non_blocking=True)
         loss = step(batch.images, batch.input_ids, batch.attention_mask, batch.image_index, features=features,
-                    hardest=hardest, generator=negatives)
+                    hardest=hardest, generator=negatives, negative_ids=batch.negative_ids,
+                    negative_mask=batch.negative_mask, negative_owner=batch.negative_owner)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -497,11 +525,10 @@ def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedIm
     Every epoch's random draws derive from ``(config.seed, epoch)`` alone, so ``resume=True`` (same ``out_dir``)
     continues exactly as the uninterrupted run, whatever the ``runtime``. With ``out_dir``, ``model.pt`` and
     ``history.csv`` are rewritten every epoch. ``stop_after`` ends the run after that many epochs in total (as if
-    interrupted); ``log`` receives one line per epoch (``None``: silent).
-    """
+    interrupted); ``log`` receives one line per epoch (``None``: silent)."""
     if runtime.scaled():
         raise ValueError(f"{', '.join(runtime.scaled())}: fit trains on one process with images in memory; use "
-                         "siamese_utils.chapters.scaling.train.fit_at_scale (chapter 08) for these settings")
+                         "siamese_utils.chapters.scaling.train.fit_at_scale (chapter 09) for these settings")
     device = device or next(model.parameters()).device
     model.to(device)
     bs = runtime.eval_batch_size
@@ -518,7 +545,8 @@ def fit(model: DualEncoder, train_split: CaptionedImages, val_split: CaptionedIm
         tick = time.perf_counter()
         seed_everything(epoch_seed(config.seed, epoch))
         pairs.set_epoch_seed(epoch_seed(config.seed, epoch))
-        loader = make_loader(pairs, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
+        loader = make_loader(pairs, config.batch_size, shuffle=pairs.units is None,
+                             seed=epoch_seed(config.seed, epoch),
                              collate_fn=collate, num_workers=runtime.num_workers, persistent_workers=False,
                              pin_memory=device.type == "cuda")
         loss = train_one_epoch(model, loader, run.optimizer, run.scheduler, config, epoch, device, run.scaler,

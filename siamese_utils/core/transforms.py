@@ -77,7 +77,7 @@ def build_image_transform(config: ImageTransformConfig, train: bool) -> T.Compos
 
 
 class CaptionAwareHorizontalFlip:
-    """Mirror an (image, caption) pair so that the caption stays true; draws from torch's random generator.
+    """Mirror an (image, caption) pair so that the caption stays true; draws from ``generator`` or torch's global one.
 
     With probability ``p``, ``mode="swap"`` flips and swaps "left"/"right" in the caption; ``"skip"`` flips only
     captions that mention neither; ``"off"`` never flips.
@@ -88,11 +88,12 @@ class CaptionAwareHorizontalFlip:
             raise ValueError(f"mode={mode!r}; use 'swap', 'skip' or 'off'")
         self.p, self.mode = p, mode
 
-    def __call__(self, image: Image.Image | torch.Tensor, caption: str) -> tuple[Image.Image | torch.Tensor, str]:
+    def __call__(self, image: Image.Image | torch.Tensor, caption: str,
+                 generator: torch.Generator | None = None) -> tuple[Image.Image | torch.Tensor, str]:
         if self.mode == "off":
             return image, caption
         # Draw first, whatever the caption says, so that the random stream does not depend on caption contents.
-        flip = bool(torch.rand(()) < self.p)
+        flip = bool(torch.rand((), generator=generator) < self.p)
         if not flip:
             return image, caption
         if mentions_left_right(caption):

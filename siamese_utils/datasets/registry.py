@@ -1,6 +1,6 @@
 """Real datasets: Flickr8k, Flickr30k and COCO with Karpathy's splits, fetched, verified and laid out.
 
-Explained in ``notebooks/08_scaling_up.ipynb`` and in ``data/README.md``.
+Explained in ``notebooks/09_scaling_up.ipynb`` and in ``data/README.md``.
 
 Every dataset ends up in the one layout that :func:`siamese_utils.core.data.read_dataset`
 reads (``ROOT/NAME/dataset.json`` and ``ROOT/NAME/images/<filepath>/<filename>``).
@@ -65,21 +65,21 @@ USER_AGENT = "siamese-utils (+https://pypi.org/project/siamese-image-text/)"
 class DownloadError(DatasetError):
     """A download failed or a file is not the one published (size or checksum). Names the file and what to do.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
 
 class ManualDownloadRequired(DatasetError):
     """A dataset's files are handed out after a request form; the message holds the steps to get them.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
 
 class UnsafeArchiveError(DatasetError):
     """An archive member would be written outside its folder (``../``, an absolute path, a link out).
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
 
@@ -99,7 +99,7 @@ class RemoteFile:
     path or in any folder of the archive. ``manual`` files cannot be fetched
     automatically (a request form); ``how_to_get`` then says how.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
     filename: str
@@ -134,7 +134,7 @@ class DatasetInfo:
     :meth:`siamese_utils.core.data.CaptionedImages.split` does; :func:`download`
     checks the extracted dataset against these numbers.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
     name: str
@@ -270,7 +270,7 @@ DATASETS: dict[str, DatasetInfo] = {
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry of ``name``; an unknown name lists the known ones.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     try:
         return DATASETS[name]
@@ -281,7 +281,7 @@ def dataset_info(name: str) -> DatasetInfo:
 def registry_table():
     """The registry as a table: images per split, download size, open or by request, how files are verified.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     import pandas as pd
 
@@ -332,7 +332,7 @@ def _command(name: str, root: Path) -> str:
 def manual_steps(name: str | DatasetInfo, root: str | os.PathLike = "data") -> str:
     """The steps to get a dataset whose files are handed out by request, and the command that checks them.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     info = name if isinstance(name, DatasetInfo) else dataset_info(name)
     root = Path(root)
@@ -401,7 +401,7 @@ def verify_file(path: str | os.PathLike, size: int | None = None, checksum: str 
                 progress: bool = False) -> None:
     """Check a file's size and checksum (``"sha256:HEX"``, ``"md5:HEX"``); raise :class:`DownloadError` if they differ.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     path = Path(path)
     problem = _mismatch(path, size, checksum, progress)
@@ -451,7 +451,7 @@ def download_file(url: str, dest: str | os.PathLike, size: int | None = None, ch
     :class:`DownloadError` says so. A ``dest`` already verified (a
     ``DEST.verified`` stamp matching its size and time) is not fetched again.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     from tqdm.auto import tqdm
 
@@ -630,7 +630,7 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike) -> Pa
     beside ``target`` and renamed into place when complete; an existing,
     non-empty ``target`` is refused rather than touched.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     archive, target = Path(archive), Path(target)
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):
@@ -712,7 +712,7 @@ def download(name: str | DatasetInfo, root: str | os.PathLike = "data", mirror: 
     images per split, and only then moved into place; a complete ``root/NAME``
     is left as it is, an incomplete one is never overwritten.
 
-    Explained in ``notebooks/08_scaling_up.ipynb`` and ``data/README.md``.
+    Explained in ``notebooks/09_scaling_up.ipynb`` and ``data/README.md``.
     """
     info = name if isinstance(name, DatasetInfo) else dataset_info(name)
     _check_mirror(mirror)
@@ -779,7 +779,7 @@ def download(name: str | DatasetInfo, root: str | os.PathLike = "data", mirror: 
 def load_dataset(name: str, root: str | os.PathLike = "data", check_files: bool = True) -> CaptionedImages:
     """Read ``root/NAME`` of the registry; if it is missing, the error says exactly how to get it.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     info = dataset_info(name)
     root = Path(root)

@@ -44,7 +44,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,6 +60,7 @@ __all__ = [
     "is_true_of",
     "load_meanings",
     "stored_config",
+    "judge",
 ]
 
 # Name -> RGB. Six hues far apart, so that the colour word is never ambiguous.
@@ -699,3 +700,22 @@ def stored_config(split) -> TinyConfig:
     doc = _stored_document(split)
     generator = doc.get("generator", {})
     return TinyConfig(**{k: v for k, v in generator.items() if k in TinyConfig.__dataclass_fields__})
+
+
+def judge(split) -> Callable[[str, int], bool] | None:
+    """A truth judge for a split of the tiny set: ``judge(caption, i)`` says whether ``caption`` is true of image ``i``.
+
+    ``i`` is the image's position in ``split``; the caption is read by :func:`parse_caption` (a caption outside the
+    set's language raises its ``ValueError``). ``None`` for a split without stored scenes and meanings (not the
+    tiny set). Training asks it to drop swapped-word negatives that are in fact true
+    (``siamese_utils.chapters.composition.hard_negatives``).
+
+    Explained in ``notebooks/05_composition.ipynb``.
+    """
+    try:
+        image_size = stored_config(split).image_size
+    except (ValueError, OSError):
+        return None
+    scenes = [record.meta["scene"] for record in split]
+    return lambda caption, i: is_true_of(parse_caption(caption), scenes[i], image_size)
+

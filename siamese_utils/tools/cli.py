@@ -12,7 +12,7 @@ Commands:
 - ``assignments``: write the student notebooks and their autograder, or grade a submission;
 - ``refresh-notebooks``: re-execute notebooks in place, so stored outputs are one in-order run;
 - ``reproduce``: execute every notebook on a copy, evaluate what they train, compare, write a report;
-- ``grid``: chapter 05's comparison of losses and towers, several seeds per variant, results in one CSV.
+- ``grid``: chapter 06's comparison of losses and towers, several seeds per variant, results in one CSV.
 
 The settings flags of ``model``, ``train`` and ``grid`` are made from the fields of
 :class:`~siamese_utils.core.models.ModelConfig`, :class:`~siamese_utils.core.train.TrainConfig`
@@ -24,7 +24,7 @@ Explained in ``notebooks/01_preprocessing.ipynb`` (data commands) and
 ``notebooks/03_contrastive_training.ipynb`` (``train``) and
 ``notebooks/04_evaluation.ipynb`` (``evaluate``, ``search``) and ``README.md``
 (``assignments``, ``refresh-notebooks``, ``reproduce``) and
-``notebooks/05_losses_and_encoders.ipynb`` (``grid``).
+``notebooks/06_losses_and_encoders.ipynb`` (``grid``).
 """
 
 from __future__ import annotations
@@ -256,14 +256,45 @@ def _writable_folder(out: Path) -> None:
         raise ValueError(f"cannot write to the output folder {out} ({e.strerror or e}); choose another --out") from None
 
 
-def _train_settings(args: argparse.Namespace, out: Path):
-    """The model config, recipe and runtime of this run: from the flags, or from the run being resumed.
+RECIPES = {
+    "composition": "the tiny set's default: a grid CNN from scratch + GRU, whole images per batch, swapped-word "
+                   "hard negatives (chapter 05; under 3 minutes on 2 CPU cores)",
+    "locked-image": "frozen ImageNet EfficientNet-Lite0 + GRU (chapter 03's fast comparison, and the start for "
+                    "real photographs)",
+}
 
-    On --resume the model and recipe are the stored ones (a flag that differs is refused); the runtime is the
-    stored one with the runtime flags given applied.
+
+class TrainSettings(typing.NamedTuple):
+    recipe: str  # the --recipe it starts from, resolved ("composition", "locked-image")
+    model: typing.Any  # ModelConfig
+    train: typing.Any  # TrainConfig
+    runtime: typing.Any  # Runtime
+
+
+def _recipe(name: str, data_path: Path) -> tuple[str, typing.Any, typing.Any]:
+    """``(name, ModelConfig, TrainConfig)`` of a recipe; "auto": composition for the tiny set, else locked-image."""
+    from ..chapters.composition import COMPOSITION_MODEL, COMPOSITION_TRAIN
+    from ..core.train import DEFAULT_MODEL, TrainConfig
+    from ..datasets.tiny import judge
+
+    if name == "auto":
+        try:
+            tiny = judge(read_dataset(data_path, check_files=False).split("train")) is not None
+        except (OSError, ValueError):  # unreadable data fails later, with its own message
+            tiny = False
+        name = "composition" if tiny else "locked-image"
+    return (name, COMPOSITION_MODEL, COMPOSITION_TRAIN) if name == "composition" else (name, DEFAULT_MODEL,
+                                                                                       TrainConfig())
+
+
+def train_settings(args: argparse.Namespace, out: Path) -> TrainSettings:
+    """The recipe's name, model config, recipe and runtime of this run: from the flags, or from the run being resumed.
+
+    Flags change the chosen ``--recipe``'s settings. On --resume the model and recipe are the stored ones (a flag
+    that differs is refused); the runtime is the stored one with the runtime flags given applied.
     """
     from ..core.models import IMAGE_TOWERS, ModelConfig
-    from ..core.train import DEFAULT_MODEL, Runtime, TrainConfig
+    from ..core.train import Runtime, TrainConfig
 
     given_model, given_train, given_runtime = (_given(args, cls) for cls in (ModelConfig, TrainConfig, Runtime))
     if args.resume:
@@ -284,9 +315,11 @@ def _train_settings(args: argparse.Namespace, out: Path):
                     raise ValueError(f"{_flag(key)} {_shown(value)} differs from the run being resumed "
                                      f"({_shown(config[key])}, in {path}); resume without it, or train a new run "
                                      "in another --out")
-        return model_config, train_config, Runtime.from_dict({**stored_runtime, **given_runtime})
+        return TrainSettings(stored.get("recipe", "as stored"), model_config, train_config,
+                             Runtime.from_dict({**stored_runtime, **given_runtime}))
 
-    image_tower = given_model.get("image_tower", DEFAULT_MODEL.image_tower)
+    recipe, base_model, base_train = _recipe(args.recipe, args.data)
+    image_tower = given_model.get("image_tower", base_model.image_tower)
     pretrained = given_model.get("pretrained", IMAGE_TOWERS[image_tower].offline)
     # Locked-image tuning by default only where the ImageNet weights are sure to be there (offline packages):
     # a ResNet asked for with --pretrained may fall back to random weights offline, and must not stay frozen.
@@ -294,9 +327,10 @@ def _train_settings(args: argparse.Namespace, out: Path):
     if freeze_image and not pretrained:
         raise ValueError(f"--freeze-image would keep a randomly initialised {image_tower} fixed; "
                          "add --pretrained, or drop --freeze-image")
-    model_config = ModelConfig.from_dict({**DEFAULT_MODEL.to_dict(), **given_model, "image_tower": image_tower,
+    model_config = ModelConfig.from_dict({**base_model.to_dict(), **given_model, "image_tower": image_tower,
                                           "pretrained": pretrained, "freeze_image": freeze_image})
-    return model_config, TrainConfig(**given_train), Runtime(**given_runtime)
+    return TrainSettings(recipe, model_config, TrainConfig.from_dict({**base_train.to_dict(), **given_train}),
+                         Runtime(**given_runtime))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -319,7 +353,7 @@ def _train(args: argparse.Namespace) -> int:
     if empty:
         raise ValueError(f"{data.source} has no images in the {' and '.join(empty)} split(s); "
                          "train needs train, val and test splits")
-    model_config, train_config, runtime = _train_settings(args, out)
+    recipe, model_config, train_config, runtime = train_settings(args, out)
     device = _device(args.device)
     # Under torchrun: one process per GPU (or several CPU processes); rank 0 alone writes and prints.
     with process_group(device) as ctx:
@@ -327,7 +361,7 @@ def _train(args: argparse.Namespace) -> int:
         if main:
             _writable_folder(out)
         if not args.resume and main:  # a resumed run keeps the config.json it was started with
-            config = {"model": model_config.to_dict(), "train": train_config.to_dict(),
+            config = {"recipe": recipe, "model": model_config.to_dict(), "train": train_config.to_dict(),
                       "runtime": runtime.to_dict(), "data": str(args.data)}
             atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
 
@@ -339,8 +373,9 @@ def _train(args: argparse.Namespace) -> int:
         progress = sys.stderr.isatty()
         if main:
             workers = f", {ctx.world_size} processes ({ctx.backend})" if ctx.world_size > 1 else ""
-            print(f"training on {device}{workers}: {model_config.image_tower} + {model_config.text_tower}, loss "
-                  f"{train_config.loss}, {train_config.num_epochs} epochs -> {out}", flush=True)
+            print(f"training on {device}{workers}: recipe {recipe}, {model_config.image_tower} + "
+                  f"{model_config.text_tower}, loss {train_config.loss}, {train_config.num_epochs} epochs -> {out}",
+                  flush=True)
         try:
             result = fit_at_scale(model, splits["train"], splits["val"], train_config, tokenizer, runtime=runtime,
                                   device=device, out_dir=out, resume=args.resume, progress=progress,
@@ -591,11 +626,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (dataset.json or captions.csv)")
     p.add_argument("--out", type=Path, required=True, help="output folder for this run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    _add_settings(p.add_argument_group("model"), ModelConfig, defaults=DEFAULT_MODEL.to_dict(),
-                  default_text={"pretrained": "on for efficientnet_lite0, which has them offline",
-                                "freeze_image": "on for efficientnet_lite0 with its ImageNet weights"},
+    p.add_argument("--recipe", choices=["auto", *RECIPES], default="auto",
+                   help="the model and recipe the flags below start from: " + "; ".join(
+                       f"{k}: {v}" for k, v in RECIPES.items()) + " (default: auto, composition for the tiny set "
+                   "and locked-image for other data)")
+    _add_settings(p.add_argument_group("model"), ModelConfig, default_text={
+                  **{f.name: "the recipe's" for f in dataclasses.fields(ModelConfig)},
+                  "pretrained": "on for efficientnet_lite0, which has them offline",
+                  "freeze_image": "on for efficientnet_lite0 with its ImageNet weights"},
                   renamed={"image_tower": ("--image-encoder",), "text_tower": ("--text-encoder",)})
     _add_settings(p.add_argument_group("recipe (stored in the checkpoint, checked on --resume)"), TrainConfig,
+                  default_text={name: "the recipe's" for name in ("batches", "num_epochs", "batch_size")},
                   renamed={"num_epochs": ("--epochs",)})
     group = p.add_argument_group("runtime (may change on --resume)")
     _add_settings(group, Runtime, renamed={"num_workers": ("--workers",)})
@@ -693,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("grid", help="the losses x towers comparison: each variant with several seeds, one CSV",
-                       description="Train and test every variant of chapter 05's comparison (one factor varied "
+                       description="Train and test every variant of chapter 06's comparison (one factor varied "
                                    "around the default) with each seed; one row per run is appended to --out as "
                                    "it finishes, and runs already there with the same settings are reused.")
     p.add_argument("--data", type=Path, help="dataset folder (e.g. data/tiny)")

@@ -17,7 +17,7 @@ from nbclient.exceptions import CellExecutionError
 from ..core.runtime import atomic_write
 
 __all__ = ["execute_notebook", "strip_noise", "run_notebook", "NotebookFailure", "inject_parameters",
-           "parameter_names", "OFFLINE_ENV", "SMOKE_VARIABLE"]
+           "parameter_names", "OFFLINE_ENV", "SMOKE_VARIABLE", "claim"]
 
 # Metadata that changes on every run without changing the lesson.
 _LANGUAGE_INFO_KEEP = ("name", "codemirror_mode", "file_extension", "mimetype", "nbconvert_exporter", "pygments_lexer")
@@ -34,10 +34,23 @@ full run whatever the shell exports; ``reproduce --smoke`` sets it in its kernel
 """
 
 
+def claim(holds: bool, sentence: str, *, checked: bool = True) -> None:
+    """Check a sentence of a chapter's text against the result it describes: ``claim(gap < 0.05, "...")``.
+
+    A rerun whose result no longer supports the sentence fails here, instead of leaving the text wrong.
+    ``checked=False`` skips the check, for a short setting whose numbers the text does not describe.
+
+    Explained in ``README.md`` (section "Working on the notebooks").
+    """
+    if checked and not holds:
+        raise AssertionError(f"the text says {sentence!r}, and this run's result does not support it: "
+                             "correct the text, or find out what changed")
+
+
 def strip_noise(nb) -> None:
     """Drop per-run metadata (execution timestamps, interpreter version, widget state); keep every output.
 
-    The state of ipywidgets (notebook 07's panels, with every thumbnail they
+    The state of ipywidgets (notebook 08's panels, with every thumbnail they
     show) would add about a megabyte per run; each panel draws a static
     snapshot of itself into the outputs instead. Without its state a stored
     widget view points at a model no reader has (JupyterLab, VS Code and Colab

@@ -24,7 +24,7 @@ slice ``r`` receives ``N * dL/de_r``; ``DistributedDataParallel`` then
 ``N`` again. The result is ``dL/dtheta`` of the single-process loss on the
 concatenated batch (``tests/test_distributed.py`` checks this to 1e-6).
 
-Explained in ``notebooks/08_scaling_up.ipynb``.
+Explained in ``notebooks/09_scaling_up.ipynb``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ ENV_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 class DistributedContext:
     """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its machine, its device.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
     rank: int = 0
@@ -98,7 +98,7 @@ def init_from_env(device: str | torch.device | None = None, timeout_s: float = 1
     ``LOCAL_RANK``) and Gloo on the CPU. Raises ``ValueError`` naming a missing
     or bad variable.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     if "WORLD_SIZE" not in os.environ or _env_int("WORLD_SIZE") <= 1:
@@ -132,7 +132,7 @@ def process_group(device: str | torch.device | None = None) -> Iterator[Distribu
     The group is destroyed whether the block finishes or raises, so no process
     is left waiting for the others.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     ctx = init_from_env(device)
     try:
@@ -145,7 +145,7 @@ def process_group(device: str | torch.device | None = None) -> Iterator[Distribu
 def is_distributed() -> bool:
     """Whether a process group of more than one process is running.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -153,7 +153,7 @@ def is_distributed() -> bool:
 def rank() -> int:
     """This process's rank (0 without a process group).
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     return dist.get_rank() if is_distributed() else 0
 
@@ -161,7 +161,7 @@ def rank() -> int:
 def world_size() -> int:
     """The number of processes (1 without a process group).
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     return dist.get_world_size() if is_distributed() else 1
 
@@ -169,7 +169,7 @@ def world_size() -> int:
 def is_main_process() -> bool:
     """Whether this process is rank 0, the one that evaluates, logs and writes files.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     return rank() == 0
 
@@ -177,7 +177,7 @@ def is_main_process() -> bool:
 def barrier() -> None:
     """Wait until every process gets here (nothing to wait for without a process group).
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     if is_distributed():
         dist.barrier()
@@ -190,7 +190,7 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     returns to each process the summed gradient of its own slice. Without a
     process group, ``tensor`` itself.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     if not is_distributed():
         return tensor
@@ -219,7 +219,7 @@ def gathered_contrastive_loss(name: str, img_emb: torch.Tensor, txt_emb: torch.T
     must pass batches of the same size. Without a process group this is
     ``contrastive_loss`` itself.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     return contrastive_loss(name, *gather_pairs(img_emb, txt_emb, image_index), **options)
 
@@ -231,7 +231,7 @@ def gather_pairs(img_emb: torch.Tensor, txt_emb: torch.Tensor, image_index: torc
     ``ValueError`` when the processes' batch sizes differ. Without a process
     group, the arguments themselves.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     if not is_distributed():
         return img_emb, txt_emb, image_index

@@ -20,7 +20,7 @@ Embeddings are L2-normalised float32 vectors, so the inner product is the
 cosine similarity, the score :class:`~siamese_utils.core.search.Gallery` uses.
 Between items with exactly equal scores the order is not specified.
 
-Explained in ``notebooks/08_scaling_up.ipynb``.
+Explained in ``notebooks/09_scaling_up.ipynb``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _TORCH_MAGIC = b"PK"  # torch.save writes a zip archive
 def faiss_available() -> bool:
     """Whether the ``faiss`` package can be imported (``pip install faiss-cpu``).
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     return importlib.util.find_spec("faiss") is not None
 
@@ -117,7 +117,7 @@ class EmbeddingIndex:
     from 0 in the order added. :meth:`save` and :meth:`load` write and read it
     (FAISS's own file format; a torch file for the torch backend).
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
     def __init__(self, dim: int, kind: Literal["flat", "ivf"] = "flat", *, nlist: int | None = None,
@@ -182,14 +182,14 @@ class EmbeddingIndex:
     def default_nlist(num_train: int) -> int:
         """The IVF lists chosen for ``num_train`` training vectors: ``4 * sqrt(n)``, at most ``n / 39``, at least 1.
 
-        Explained in ``notebooks/08_scaling_up.ipynb``.
+        Explained in ``notebooks/09_scaling_up.ipynb``.
         """
         return max(1, min(round(4 * math.sqrt(num_train)), num_train // MIN_POINTS_PER_LIST))
 
     def train(self, vectors: Any) -> EmbeddingIndex:
         """Run the IVF index's k-means on ``vectors`` (a sample of the gallery is enough); a flat index needs none.
 
-        Explained in ``notebooks/08_scaling_up.ipynb``.
+        Explained in ``notebooks/09_scaling_up.ipynb``.
         """
         data, _ = _as_matrix(vectors, self.dim, "training vectors")
         if self.kind == "flat":
@@ -215,7 +215,7 @@ class EmbeddingIndex:
 
         An IVF index not yet trained is first trained on these vectors.
 
-        Explained in ``notebooks/08_scaling_up.ipynb``.
+        Explained in ``notebooks/09_scaling_up.ipynb``.
         """
         data, _ = _as_matrix(vectors, self.dim, "vectors to add")
         if len(data) == 0:
@@ -267,7 +267,7 @@ class EmbeddingIndex:
         vectors in the lists it scans fills the rest with id ``-1`` and score
         ``-inf``.
 
-        Explained in ``notebooks/08_scaling_up.ipynb``.
+        Explained in ``notebooks/09_scaling_up.ipynb``.
         """
         as_torch = isinstance(queries, torch.Tensor)
         data, single = _as_matrix(queries, self.dim, "queries")
@@ -295,7 +295,7 @@ class EmbeddingIndex:
     def vectors(self) -> np.ndarray:
         """A copy of every vector in the index, ``(len(self), dim)``, in id order (for exact reference searches).
 
-        Explained in ``notebooks/08_scaling_up.ipynb``.
+        Explained in ``notebooks/09_scaling_up.ipynb``.
         """
         if self.backend == "torch":
             return torch.cat(self._blocks).numpy() if self._blocks else np.empty((0, self.dim), np.float32)
@@ -316,7 +316,7 @@ class EmbeddingIndex:
         several settings); without it, an exact index is built from this
         index's vectors. ``nprobe`` overrides the IVF index's for this call.
 
-        Explained in ``notebooks/08_scaling_up.ipynb``.
+        Explained in ``notebooks/09_scaling_up.ipynb``.
         """
         queries, _ = _as_matrix(queries, self.dim, "queries")
         k = self._check_k(k)
@@ -347,7 +347,7 @@ class EmbeddingIndex:
         FAISS indexes are written with ``faiss.write_index``; the torch
         backend's vectors with ``torch.save``. IVF's ``nprobe`` is stored with it.
 
-        Explained in ``notebooks/08_scaling_up.ipynb``.
+        Explained in ``notebooks/09_scaling_up.ipynb``.
         """
         path = Path(path)
         if not path.parent.is_dir():
@@ -371,7 +371,7 @@ class EmbeddingIndex:
     def load(cls, path: str | os.PathLike, *, batch_size: int = 1024, block_size: int = 16384) -> EmbeddingIndex:
         """Read an index written by :meth:`save` (or any FAISS ``IndexFlatIP`` / ``IndexIVFFlat`` inner-product file).
 
-        Explained in ``notebooks/08_scaling_up.ipynb``.
+        Explained in ``notebooks/09_scaling_up.ipynb``.
         """
         path = Path(path)
         if not path.is_file():

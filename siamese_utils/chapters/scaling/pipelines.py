@@ -8,7 +8,7 @@ decodes in the loader's workers every time. All three give the same pixels, bit
 for bit, so the choice is a :class:`~siamese_utils.core.train.Runtime`
 setting: it changes speed and memory, never what a run learns.
 
-Explained in ``notebooks/08_scaling_up.ipynb``.
+Explained in ``notebooks/09_scaling_up.ipynb``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ CACHE_FORMAT_VERSION = 1
 def default_cache_dir() -> Path:
     """Where :func:`build_image_cache` keeps its files: ``$SIAMESE_CACHE_DIR``, else ``~/.cache/siamese_utils``.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     root = os.environ.get("SIAMESE_CACHE_DIR")
     return Path(root) if root else Path.home() / ".cache" / "siamese_utils"
@@ -54,7 +54,7 @@ def resize_to_uint8(image: Image.Image, image_size: int) -> np.ndarray:
     with antialiasing), so that :func:`normalize_uint8` of the result equals,
     bit for bit, what ``build_image_transform(..., train=False)`` returns.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     from torchvision import transforms as T
 
@@ -67,7 +67,7 @@ def normalize_uint8(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 
     The same operations, in the same order, as ``ToTensor`` then ``Normalize``.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     from torchvision.transforms import functional as TF
 
@@ -101,7 +101,7 @@ class StreamedImages(_PixelArray):
     image once per epoch, which DataLoader workers do in parallel. Equal, bit
     for bit, to the ``"memory"`` and ``"disk"`` pipelines.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
     def __init__(self, data: CaptionedImages, image_size: int):
@@ -122,7 +122,7 @@ class DiskImages(_PixelArray):
     workers share the operating system's page cache instead of copies);
     ``images[i]`` is the normalised ``(3, S, S)`` float tensor.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
     def __init__(self, path: str | os.PathLike, num_images: int, image_size: int):
@@ -204,7 +204,7 @@ def build_image_cache(data: CaptionedImages, image_size: int, cache_dir: str | o
     interrupted is never taken for a finished one. ``num_workers`` processes
     decode in parallel. A corrupt image raises :class:`DatasetError` naming it.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
@@ -260,7 +260,7 @@ def load_split_images(split: CaptionedImages, image_size: int, runtime: Runtime,
     ``"stream"``: a :class:`StreamedImages`. Indexing any of them gives the
     same normalised pixels.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     if runtime.images == "disk":
         return build_image_cache(split, image_size, cache_dir, num_workers=runtime.num_workers, progress=progress)

@@ -16,7 +16,7 @@ speed, all of it a :class:`~siamese_utils.core.train.Runtime` setting:
   (:mod:`siamese_utils.chapters.scaling.distributed`), and only rank 0
   validates, logs and writes.
 
-Explained in ``notebooks/08_scaling_up.ipynb``.
+Explained in ``notebooks/09_scaling_up.ipynb``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class TrainStep(ContrastiveStep):
     ``runtime.compile`` the towers' encoders are compiled, and a compiler that
     fails on the first batch says so and how to train without it.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
 
     def __init__(self, model: DualEncoder, config: TrainConfig, runtime: Runtime):
@@ -111,7 +111,7 @@ def fit_at_scale(model: DualEncoder, train_split: CaptionedImages, val_split: Ca
     Under a process group the processes other than rank 0 return an empty
     history.
 
-    Explained in ``notebooks/08_scaling_up.ipynb``.
+    Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     device = device or next(model.parameters()).device
     rank, world = distributed.rank(), distributed.world_size()
@@ -119,6 +119,9 @@ def fit_at_scale(model: DualEncoder, train_split: CaptionedImages, val_split: Ca
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is the global batch and must divide evenly among the "
                          f"{world} processes; choose a multiple of {world}")
+    if world > 1 and (config.batches != "captions" or config.hard_negatives):
+        raise ValueError(f"batches={config.batches!r} and hard_negatives={config.hard_negatives} build each batch "
+                         "whole on one process; under torchrun use batches='captions' and hard_negatives=False")
     model.to(device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -155,7 +158,7 @@ def fit_at_scale(model: DualEncoder, train_split: CaptionedImages, val_split: Ca
             if sampler is not None:
                 sampler.set_epoch(epoch)
             if loader is None or not persistent:
-                loader = make_loader(pairs, local_batch, shuffle=True, seed=seed + rank,
+                loader = make_loader(pairs, local_batch, shuffle=pairs.units is None, seed=seed + rank,
                                      collate_fn=Collator(tokenizer, config.max_length),
                                      num_workers=runtime.num_workers, pin_memory=device.type == "cuda",
                                      persistent_workers=persistent, prefetch_factor=runtime.prefetch_factor,

@@ -1,0 +1,134 @@
+"""Does the default model read composition? The targets of the composition recipe, measured.
+
+For each seed, the default ``python -m siamese_utils train --data DATA --out RUN --seed S`` runs as a reader
+types it (a subprocess, ``--threads`` CPU threads, timed from start to exit: data, training, validation and the
+test evaluation), then its checkpoint is scored on the test split:
+
+- **beats partner**: percent of two-shape captions whose own image outscores its minimal pair, per question
+  ("which colour is which shape", "where each shape is"; chapter 04's failure analysis);
+- **rsum** and R@1 both ways (the standard protocol);
+- **semantic R@1** text -> image (any image the caption is true of counts) beside its ceiling (100: every
+  caption is true of its own image);
+- the **train time**.
+
+The same runs on a tiny set generated with another seed (``make-tiny --seed N``, written to a temporary
+folder): nothing in the recipe may be tuned to the committed test split. Means and standard deviations over
+the seeds, per-seed rows, and each target with PASS or MISS:
+
+- committed set: beats partner >= 97 % on both questions, rsum >= 580, semantic t2i R@1 >= 98, train <= 180 s;
+- other set: beats partner >= 95 % on both questions.
+
+    python benchmarks/composition.py [--data data/tiny] [--seeds 0 1 2] [--other-seed 7] [--threads 2]
+                                     [--json results.json] [--train-flag=--num-epochs=2 ...]
+
+Exit status 0 when every target is met, 1 otherwise. CPU only; the 1-minute load average is printed, since
+other processes on the cores inflate the train time (not the metrics: CPU training is deterministic at a
+fixed thread count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTIONS = ("which colour is which shape", "where each shape is")
+TARGETS = {  # (dataset, metric) -> (threshold, at least?)
+    ("committed", QUESTIONS[0]): (97.0, True), ("committed", QUESTIONS[1]): (97.0, True),
+    ("committed", "rsum"): (580.0, True), ("committed", "semantic t2i R@1"): (98.0, True),
+    ("committed", "train s"): (180.0, False),
+    ("other", QUESTIONS[0]): (95.0, True), ("other", QUESTIONS[1]): (95.0, True),
+}
+
+
+def score(run: Path, data: Path) -> dict[str, float]:
+    """Beats-partner, rsum, R@1 and semantic R@1 of a trained run on the test split of ``data``."""
+    import siamese_utils as su
+    from siamese_utils.chapters.analysis import semantic_recall, truth_matrix
+    from siamese_utils.chapters.composition import beats_partner
+    from siamese_utils.core.metrics import metrics_from_scores
+    from siamese_utils.core.train import encode_split, load_run
+
+    model, recipe = load_run(run / "model.pt")
+    test = su.read_dataset(data).split("test")
+    img, txt = encode_split(model, test, su.load_tokenizer(), image_size=recipe.image_size,
+                            max_length=recipe.max_length)
+    sim = img @ txt.T
+    standard = metrics_from_scores(sim, test.txt_to_img)
+    semantic = semantic_recall(sim, truth_matrix(test))
+    return {**beats_partner(test, sim), "rsum": standard["rsum"], "i2t R@1": standard["i2t_r1"],
+            "t2i R@1": standard["t2i_r1"], "semantic t2i R@1": semantic["t2i_r1"]}
+
+
+def train(data: Path, out: Path, seed: int, threads: int, flags: list[str]) -> float:
+    """Seconds for the default ``train`` command, run as a subprocess with ``threads`` threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    tick = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "siamese_utils", "train", "--data", str(data), "--out", str(out),
+                           "--seed", str(seed), *flags], env=env, capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - tick
+    if done.returncode != 0:
+        raise SystemExit(f"train failed ({done.returncode}) for {data} seed {seed}:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "tiny")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--other-seed", type=int, default=7, help="make-tiny seed of the second set (default: 7)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument("--train-flag", action="append", default=[], help="extra train flag, e.g. --train-flag=--recipe=locked-image")
+    args = parser.parse_args(argv)
+    if not (args.data / "dataset.json").is_file():
+        parser.error(f"--data {args.data}: no dataset there (a folder with dataset.json; make one with make-tiny)")
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
+    torch.set_num_threads(args.threads)
+    print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}; train flags: {args.train_flag or 'none'}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "tiny-other"
+        subprocess.run([sys.executable, "-m", "siamese_utils", "make-tiny", "--out", str(other), "--seed",
+                        str(args.other_seed)], check=True, capture_output=True, cwd=REPO)
+        for name, data in (("committed", args.data), ("other", other)):
+            for seed in args.seeds:
+                run = Path(tmp) / f"{name}-{seed}"
+                seconds = train(data, run, seed, args.threads, args.train_flag)
+                rows.append({"dataset": name, "seed": seed, **score(run, data), "train s": seconds})
+                print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
+                      flush=True)
+    print(f"\nmean (sd) over seeds {args.seeds}; other set: make-tiny --seed {args.other_seed}")
+    met = True
+    for name in ("committed", "other"):
+        mine = [r for r in rows if r["dataset"] == name]
+        for metric in (*QUESTIONS, "rsum", "i2t R@1", "t2i R@1", "semantic t2i R@1", "train s"):
+            values = [r[metric] for r in mine]
+            mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+            line = f"{name:>9}  {metric:<28} {mean:7.1f} ({sd:.1f})"
+            if (name, metric) in TARGETS:
+                threshold, at_least = TARGETS[(name, metric)]
+                ok = mean >= threshold if at_least else mean <= threshold
+                met &= ok
+                line += f"   target {'>=' if at_least else '<='} {threshold:g}: {'PASS' if ok else 'MISS'}"
+            print(line)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
