@@ -36,15 +36,17 @@ if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = os.environ["SIAMESE_THREADS"] = _threads
 
 # Under pytest-xdist, every test file and notebook is one unit that stays on one worker, in order (a notebook's
-# cells share its kernel; a module's fixtures are built once), and the notebooks that reuse chapter 03's trained
-# model (SIAMESE_RUNS/03_contrastive_training) form one unit with it, so that they never train it side by side.
-_CHAPTER_03_CHAIN = ("03_contrastive_training", "04_evaluation", "06_reranking", "07_interactive_search")
+# cells share its kernel; a module's fixtures are built once), and the notebooks that reuse a model another one
+# trains form one unit with it, so that they never train it side by side: chapter 03's model
+# (SIAMESE_RUNS/03_contrastive_training) and chapter 05's default (SIAMESE_RUNS/05_composition/default).
+_CHAINS = {"notebooks 03, 04, 07": ("03_contrastive_training", "04_evaluation", "07_reranking"),
+           "notebooks 05, 08": ("05_composition", "08_interactive_search")}
 
 
 def _unit(nodeid: str) -> str:
     path = nodeid.split("::", 1)[0]
-    name = path.rsplit("/", 1)[-1]
-    return "notebooks 03, 04, 06, 07" if name.removesuffix(".ipynb") in _CHAPTER_03_CHAIN else path
+    name = path.rsplit("/", 1)[-1].removesuffix(".ipynb")
+    return next((unit for unit, names in _CHAINS.items() if name in names), path)
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist, nothing to schedule

@@ -1,10 +1,12 @@
-"""How long does the search panel of notebook 07 take to answer, on a CPU?
+"""How long does the search panel of notebook 08 take to answer, on a CPU?
 
-On the tiny set's test split (100 images, 500 captions) with the series'
-default model (frozen EfficientNet-Lite0 + GRU, chapter 03): the trained run in
-``runs/03_contrastive_training`` when it is there, otherwise the same
-architecture untrained (timings do not depend on the weights). Timed, each
-over many queries, medians in milliseconds:
+On the tiny set's test split (100 images, 500 captions) with the model of
+``--run``: by default the series' default model (chapter 05's grid CNN + GRU),
+the trained run in ``runs/05_composition/default`` when it is there, otherwise
+the same architecture untrained (timings do not depend on the weights).
+``--run runs/03_contrastive_training`` times chapter 03's locked-image model
+(frozen EfficientNet-Lite0 + GRU) instead. Timed, each over many queries,
+medians in milliseconds:
 
 1. building the gallery: every image and caption encoded once (once per panel);
 2. ``Gallery.search_text``: tokenise, encode one caption, multiply, sort;
@@ -33,7 +35,8 @@ import torch
 
 import siamese_utils as su
 from siamese_utils.core.search import Gallery
-from siamese_utils.core.train import DEFAULT_MODEL, load_model, prepare_images
+from siamese_utils.chapters.composition import COMPOSITION_MODEL, COMPOSITION_TRAIN
+from siamese_utils.core.train import load_run, prepare_images
 from siamese_utils.chapters.widgets import (EmbeddingExplorer, ImageSearchPanel, TextSearchPanel, seen_token_ids,
                                    word_importance)
 
@@ -54,8 +57,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100, help="queries per measurement (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "tiny", help="dataset folder")
-    parser.add_argument("--run", type=Path, default=REPO / "runs" / "03_contrastive_training",
-                        help="a trained run folder (default: chapter 03's)")
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "05_composition" / "default",
+                        help="a trained run folder (default: chapter 05's default model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     su.seed_everything(0)
@@ -64,16 +67,18 @@ def main() -> None:
     train, test = data.split("train"), data.split("test")
     tokenizer = su.load_tokenizer()
     if (args.run / "model.pt").is_file():
-        model, source = load_model(args.run), f"trained model from {args.run}"
+        (model, recipe), source = load_run(args.run), f"trained model from {args.run}"
     else:
-        model, source = su.build_model(DEFAULT_MODEL), "untrained default model (timings do not depend on weights)"
+        model, recipe = su.build_model(COMPOSITION_MODEL), COMPOSITION_TRAIN
+        source = "untrained default model (timings do not depend on weights)"
     model.eval()
-    images = prepare_images(test, 64)
+    images = prepare_images(test, recipe.image_size)
     print(f"{source}; {len(test)} images, {test.num_captions} captions; torch {torch.__version__}, "
           f"{args.threads} threads; load average {os.getloadavg()[0]:.2f}")
 
     start = time.perf_counter()
-    gallery = Gallery(model, test, tokenizer, image_size=64, images=images)
+    gallery = Gallery(model, test, tokenizer, image_size=recipe.image_size, max_length=recipe.max_length,
+                      images=images)
     build_ms = 1000 * (time.perf_counter() - start)
     seen = seen_token_ids(train.captions, tokenizer)
     n = min(args.queries, test.num_captions)

@@ -1,5 +1,5 @@
 """The series in JupyterLab, in a real browser: every notebook shows its stored outputs (figures,
-tables, and no "Error displaying widget"), and notebooks 01 and 07 run from the Run menu, 07's
+tables, and no "Error displaying widget"), and notebooks 01 and 08 run from the Run menu, 08's
 search panels answering typing and clicks.
 
 One JupyterLab server for the module, started from this interpreter on 127.0.0.1 over a copy of
@@ -11,12 +11,12 @@ as a reader who trusts them sees them: widget views included (an untrusted noteb
 their ``text/plain`` form). One headless Chromium, Debian's (never a downloaded one), that may reach
 127.0.0.1 only: every other request is refused (the notebooks' "Open in Colab" badge among them).
 
-Notebook 07 loads chapter 03's model; the test puts an untrained one in the run folder, so the run
-takes seconds instead of the minute of training. ``SIAMESE_BROWSER_TRAIN=1`` leaves it out: 07 then
-trains, as for a reader without chapter 03's run.
+Notebook 08 loads chapter 05's default model; the test puts an untrained one, saved with the recipe of
+08's short setting, in the run folder, so the run takes seconds instead of its training.
+``SIAMESE_BROWSER_TRAIN=1`` leaves it out: 08 then trains, as for a reader without chapter 05's run.
 
 Skipped without playwright or Chromium, unless ``SIAMESE_BROWSER_TESTS=1`` (CI sets it), where that
-is a failure. Screenshots (each notebook whole, as stored and as run, and 07's panels): into
+is a failure. Screenshots (each notebook whole, as stored and as run, and 08's panels): into
 ``$SIAMESE_SCREENSHOTS``, else a temporary folder that the run names at its end (under ``-n 0``: a
 pytest-xdist worker cannot print) and a failure names too.
 """
@@ -55,7 +55,7 @@ TALLEST = 30_000  # px: a full-notebook screenshot is cut there
 SERVER_START_S = 120
 OPEN_MS = 60_000  # a notebook opening, its outputs rendering
 KERNEL_MS = 120_000  # a kernel starting
-RUN_S = 600  # Run All Cells, until every cell has run (07 with its training: about 2 minutes on 2 cores)
+RUN_S = 600  # Run All Cells, until every cell has run (08 with its short training: under a minute on 2 cores)
 WIDGET_MS = 30_000  # a panel answering
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -154,17 +154,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _seed_chapter_03(runs: Path) -> None:
-    # An untrained model of the default configuration where notebook 07 looks for chapter 03's.
+def _seed_chapter_05(runs: Path) -> None:
+    # An untrained default model where notebook 08 looks for chapter 05's, with the recipe 08 asks for in its
+    # short setting (2 epochs, seed 0), so that 08 loads it instead of training.
+    import dataclasses
+
     import torch
 
     from siamese_utils import build_model
-    from siamese_utils.core.train import DEFAULT_MODEL, save_checkpoint
+    from siamese_utils.chapters.composition import COMPOSITION_MODEL, COMPOSITION_TRAIN
+    from siamese_utils.core.train import save_checkpoint
 
     torch.manual_seed(0)
-    folder = runs / "03_contrastive_training"
+    folder = runs / "05_composition" / "default"
     folder.mkdir(parents=True)
-    save_checkpoint(folder / "model.pt", build_model(DEFAULT_MODEL))
+    save_checkpoint(folder / "model.pt", build_model(COMPOSITION_MODEL),
+                    dataclasses.replace(COMPOSITION_TRAIN, num_epochs=2, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +212,7 @@ def lab(tmp_path_factory):
     server = Lab(root, port, token, log, proc)
     try:
         if os.environ.get("SIAMESE_BROWSER_TRAIN") != "1":
-            _seed_chapter_03(runs)  # while the server starts
+            _seed_chapter_05(runs)  # while the server starts
         deadline = time.monotonic() + SERVER_START_S
         while True:
             if proc.poll() is not None:
@@ -521,11 +526,11 @@ def _cards(panel) -> list[str]:
     return panel.locator("img").evaluate_all("imgs => imgs.map(i => i.title + ' | ' + i.src.slice(-64))")
 
 
-def test_07_runs_and_its_panels_answer(lab, page, shots):
-    name = "07_interactive_search.ipynb"
+def test_08_runs_and_its_panels_answer(lab, page, shots):
+    name = "08_interactive_search.ipynb"
     want = _stored(REPO / "notebooks" / name)
     _open(page, lab, name)
-    _run_all(page, lab, name, shots / "07_interactive_search.run.png")
+    _run_all(page, lab, name, shots / "08_interactive_search.run.png")
     if not _wait(page, "state.widgets >= arg && !state.loading", WIDGET_MS, want["panels"]):
         state = _state(page)
         pytest.fail(f"{name}: {state['widgets']} live widgets after the run, {want['panels']} panels in the "
@@ -554,7 +559,7 @@ def test_07_runs_and_its_panels_answer(lab, page, shots):
     except PlaywrightError:
         pytest.fail(f"{name}: the result cards did not change within {WIDGET_MS / 1000:.0f} s of a new caption "
                     f"and Enter: {_cards(panel)}", pytrace=False)
-    panel.screenshot(path=str(shots / "07_interactive_search.caption_typed.png"))
+    panel.screenshot(path=str(shots / "08_interactive_search.caption_typed.png"))
 
     # The SearchPanel (the last cell): three tabs, each click shows its own panel and hides the others.
     search = page.locator(".jp-OutputArea-output > .widget-tab").last
@@ -575,6 +580,6 @@ def test_07_runs_and_its_panels_answer(lab, page, shots):
         assert shown.locator(content).count() > 0, f"{name}: the {labels[index]!r} tab shows no {content}"
         also = [labels[i] for i in range(3) if i != index and pages.nth(i).is_visible()]
         assert not also, f"{name}: with {labels[index]!r} chosen, {also} show too"
-        search.screenshot(path=str(shots / f"07_interactive_search.tab{index + 1}.png"))
-    _screenshot(page, shots / "07_interactive_search.run.png")
+        search.screenshot(path=str(shots / f"08_interactive_search.tab{index + 1}.png"))
+    _screenshot(page, shots / "08_interactive_search.run.png")
     _assert_no_widget_error(_state(page), name)
