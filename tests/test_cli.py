@@ -124,6 +124,8 @@ def _train_subprocess(args, env_threads="1", **popen):
 def test_train_writes_the_run_folder_and_repeats_to_the_bit(small_tiny, tmp_path, capsys):
     import json
 
+    import torch
+
     from siamese_utils.core.metrics import METRIC_KEYS
 
     outs = []
@@ -139,11 +141,31 @@ def test_train_writes_the_run_folder_and_repeats_to_the_bit(small_tiny, tmp_path
     assert set(metrics) == {"val", "test"} and list(metrics["test"]) == list(METRIC_KEYS)
     assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
     config = json.loads((a / "config.json").read_text())
-    assert list(config) == ["recipe", "model", "train", "runtime", "data"]
+    assert list(config) == ["recipe", "model", "train", "runtime", "data", "threads"]
+    assert config["threads"] == torch.get_num_threads()  # what the run used: results repeat at a fixed count
     assert config["recipe"] == "composition" and config["train"]["batches"] == "images"  # the tiny set's default
     assert config["model"]["image_tower"] == "seed_cnn" and config["model"]["freeze_image"] is False
     assert config["train"]["num_epochs"] == 2 and "num_workers" not in config["train"]
     assert config["runtime"]["num_workers"] == 0 and config["runtime"]["eval_batch_size"] == 256
+
+
+def test_train_sets_records_and_checks_its_thread_count(small_tiny, tmp_path, capsys, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SIAMESE_THREADS", "two")
+    assert main(["train", "--data", str(small_tiny), "--out", str(tmp_path / "bad"), *SMALL_FLAGS]) == 2
+    assert "SIAMESE_THREADS='two' is not a positive whole number; fix it, or pass --threads N" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main(["grid", "--data", str(small_tiny), "--out", str(tmp_path / "grid.csv")]) == 2  # the grid asks too
+    assert "SIAMESE_THREADS='two'" in capsys.readouterr().err and not (tmp_path / "grid.csv").exists()
+    try:  # --threads wins over the variable
+        assert main(["train", "--data", str(small_tiny), "--out", str(tmp_path / "one"), "--threads", "1",
+                     "--num-epochs", "1", *SMALL_FLAGS]) == 0
+        assert torch.get_num_threads() == 1 and "(1 CPU thread)" in capsys.readouterr().out
+        assert json.loads((tmp_path / "one" / "config.json").read_text())["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_train_killed_after_an_epoch_resumes_to_the_same_result(small_tiny, tmp_path):
@@ -323,7 +345,7 @@ def test_every_setting_is_a_flag_with_the_fields_help_in_its_group():
             fields.add(f.name)
     # The other flags are not settings of a config; the old spellings are hidden from --help.
     others = {a.dest for a in train._actions if a.dest not in fields}
-    assert others == {"help", "data", "out", "resume", "recipe", "cache_dir", "device"}
+    assert others == {"help", "data", "out", "resume", "recipe", "cache_dir", "device", "threads"}
     hidden = {s for s, a in flags.items() if a.help == "==SUPPRESS=="}
     assert hidden == {"--image-encoder", "--text-encoder", "--epochs", "--workers"}
     assert flags["--image-tower"].help.endswith("(default: the recipe's)")  # --recipe decides

@@ -110,6 +110,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _threads(flag: int | None, fallback: int | None) -> int | None:
+    """Torch threads for a command: ``--threads``, else ``$SIAMESE_THREADS``, else ``fallback``."""
+    text = os.environ.get("SIAMESE_THREADS", "")
+    if flag is not None or not text:
+        return flag if flag is not None else fallback
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"SIAMESE_THREADS={text!r} is not a positive whole number; fix it, or pass --threads N")
+    return int(text)
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -341,6 +351,8 @@ def _train(args: argparse.Namespace) -> int:
     from ..core.text import load_tokenizer
     from ..core.train import evaluate
 
+    import torch
+
     out: Path = args.out
     if args.resume and not (out / "model.pt").is_file():
         raise ValueError(f"--resume: {out / 'model.pt'} does not exist; start the run without --resume")
@@ -354,6 +366,9 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"{data.source} has no images in the {' and '.join(empty)} split(s); "
                          "train needs train, val and test splits")
     recipe, model_config, train_config, runtime = train_settings(args, out)
+    threads = _threads(args.threads, fallback=None)
+    if threads:
+        torch.set_num_threads(threads)
     device = _device(args.device)
     # Under torchrun: one process per GPU (or several CPU processes); rank 0 alone writes and prints.
     with process_group(device) as ctx:
@@ -362,7 +377,7 @@ def _train(args: argparse.Namespace) -> int:
             _writable_folder(out)
         if not args.resume and main:  # a resumed run keeps the config.json it was started with
             config = {"recipe": recipe, "model": model_config.to_dict(), "train": train_config.to_dict(),
-                      "runtime": runtime.to_dict(), "data": str(args.data)}
+                      "runtime": runtime.to_dict(), "data": str(args.data), "threads": torch.get_num_threads()}
             atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
 
         from ..core.models import build_model
@@ -373,7 +388,9 @@ def _train(args: argparse.Namespace) -> int:
         progress = sys.stderr.isatty()
         if main:
             workers = f", {ctx.world_size} processes ({ctx.backend})" if ctx.world_size > 1 else ""
-            print(f"training on {device}{workers}: recipe {recipe}, {model_config.image_tower} + "
+            n = torch.get_num_threads()
+            cpu = f" ({n} CPU thread{'s' if n > 1 else ''})" if device.type == "cpu" else ""
+            print(f"training on {device}{cpu}{workers}: recipe {recipe}, {model_config.image_tower} + "
                   f"{model_config.text_tower}, loss {train_config.loss}, {train_config.num_epochs} epochs -> {out}",
                   flush=True)
         try:
@@ -563,7 +580,7 @@ def _grid(args: argparse.Namespace) -> int:
         grid = [known[n] for n in args.only]
     if args.data is None:
         raise ValueError("--data DIR is needed to run the grid (or --list to see it)")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(_threads(args.threads, fallback=2))
     data = read_dataset(args.data)
     splits = [data.split(name) for name in ("train", "val", "test")]
     empty = [name for name, split in zip(("train", "val", "test"), splits) if len(split) == 0]
@@ -643,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--cache-dir", type=Path, default=None,
                        help="folder of the --images disk cache (default: $SIAMESE_CACHE_DIR or ~/.cache/siamese_utils)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    group.add_argument("--threads", type=positive_int, default=None,
+                       help="torch CPU threads (default: $SIAMESE_THREADS, else torch's choice). A CPU run repeats to "
+                       "the bit at a fixed count; between counts the composition model's results differ")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="retrieval metrics of a trained model on one split",
@@ -746,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the first N training images only (default: all)")
     p.add_argument("--only", nargs="+", metavar="VARIANT", help="run these variants only (names from --list)")
     p.add_argument("--list", action="store_true", help="print the variants and exit")
-    p.add_argument("--threads", type=positive_int, default=int(os.environ.get("SIAMESE_THREADS", 2)),
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (default: $SIAMESE_THREADS, else 2)")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.set_defaults(func=_grid)
