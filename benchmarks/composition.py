@@ -73,9 +73,9 @@ def train(data: Path, out: Path, seed: int, threads: int, flags: list[str]) -> f
     """Seconds for the default ``train`` command, run as a subprocess with ``threads`` threads."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     tick = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "siamese_utils", "train", "--data", str(data), "--out", str(out),
-                           "--seed", str(seed), "--threads", str(threads), *flags], env=env, capture_output=True, text=True,
-                          cwd=REPO)
+    command = [sys.executable, "-m", "siamese_utils", "train", "--data", str(data), "--out", str(out),
+               "--seed", str(seed), "--threads", str(threads), *flags]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - tick
     if done.returncode != 0:
         raise SystemExit(f"train failed ({done.returncode}) for {data} seed {seed}:\n{done.stderr[-2000:]}")
