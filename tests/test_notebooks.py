@@ -57,6 +57,16 @@ def test_house_skeleton(path):
             ast.parse(re.sub(r"^(\s*)[!%].*$", r"\1pass", _source(c), flags=re.M))  # valid Python, magics aside
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_nbval_markers_are_cell_tags_not_comment_lines(path):
+    """The reader's page carries no test machinery: nbval's markers are tags, which JupyterLab keeps out of sight."""
+    for c in _cells(path):
+        if c["cell_type"] == "code":
+            assert "# NBVAL_" not in _source(c), f"tag the cell instead (nbval-check-output): {_source(c)[:60]!r}"
+            tags = c.get("metadata", {}).get("tags", [])
+            assert not {"nbval-check-output", "nbval-ignore-output"} <= set(tags), _source(c)[:60]
+
+
 def _definitions(path, name, **names):
     """Execute the notebook cell that defines the function or class `name` and return the object.
 
