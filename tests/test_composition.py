@@ -324,6 +324,32 @@ def test_bootstrap_intervals_hold_the_mean_and_pair_the_variants():
         composition.bootstrap_beats(results[results["seed"] < 2].iloc[:-1], ["coin", "good"], "colours")
 
 
+def test_comparisons_against_baselines_give_paired_intervals_and_verdicts():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    layout = {"image": [i // 5 for i in range(40)], "partner_swaps": ["swap_places"] * 40}
+
+    def rows(name, p):
+        return [{"variant": name, "seed": s, "beats_outcomes": json.dumps(
+            {**layout, "beats": (rng.random(40) < p).astype(int).tolist()})} for s in range(3)]
+
+    results = pd.DataFrame(rows("coin", 0.5) + rows("good", 0.97) + rows("bad", 0.03) + rows("twin", 0.5))
+    baselines = {"coin": "", "good": "coin", "bad": "coin", "twin": "coin"}
+    table = composition.beats_against(results, baselines, "places", samples=500)
+    assert list(table.index) == list(baselines) and table.loc["coin", "verdict"] == ""
+    assert table.loc["good", "verdict"] == "helps" and table.loc["bad", "verdict"] == "hurts"
+    assert table.loc["twin", "verdict"] == "no clear change"  # another coin: its interval holds zero
+    paired = composition.bootstrap_beats(results, ["coin", "good"], "places", samples=500)
+    assert table.loc["good", ["mean", "diff low", "diff high"]].tolist() == paired.loc["good", ["mean", "diff low", "diff high"]].tolist()
+    shown = composition.format_beats({"places": table})
+    assert list(shown.columns) == [("places", "beats (%)"), ("places", "change"), ("places", "verdict")]
+    r = table.loc["good"]
+    assert shown.loc["good", ("places", "change")] == f"{r['vs previous']:+.1f} [{r['diff low']:+.1f}, {r['diff high']:+.1f}]"
+    assert shown.loc["coin", ("places", "change")] == "" and shown.loc["coin", ("places", "beats (%)")].startswith(
+        f"{table.loc['coin', 'mean']:.1f} [")
+
+
 def test_truth_matrix_and_judge_agree(tiny_dir):
     test = read_dataset(tiny_dir).split("test")
     truth, judge = truth_matrix(test), tiny.judge(test)

@@ -43,7 +43,7 @@ from ..core.train import BATCHES, NEGATIVE_MAKERS, TrainConfig
 from ..datasets import tiny
 
 __all__ = ["swapped_captions", "register_judge", "truth_judge", "hard_negatives", "partners", "GridCNN", "COMPOSITION_MODEL",
-           "COMPOSITION_TRAIN", "LADDER", "ladder", "compared_with", "bootstrap_beats",
+           "COMPOSITION_TRAIN", "LADDER", "ladder", "compared_with", "bootstrap_beats", "beats_against", "format_beats",
            "beats_partner", "cell_similarity"]
 
 
@@ -275,6 +275,38 @@ def bootstrap_beats(results, names: Sequence[str], question: str, samples: int =
                         "diff low": np.percentile(diff, 2.5), "diff high": np.percentile(diff, 97.5)})
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def beats_against(results, baselines: dict[str, str], question: str, samples: int = 2000, seed: int = 0):
+    """Each variant's beats-partner rate and its paired change from its baseline, with 95 % intervals and a verdict.
+
+    ``baselines``: variant -> the variant it is compared with ("" for none), in the order of the rows. Each row is
+    :func:`bootstrap_beats` of the pair (the same draws for both); ``verdict`` is "helps" or "hurts" only where the
+    interval of the change excludes zero, else "no clear change" ("" without a baseline).
+    """
+    import pandas as pd
+    rows = [bootstrap_beats(results, [base, name] if base else [name], question, samples, seed).iloc[-1]
+            for name, base in baselines.items()]
+    table = pd.DataFrame(rows).reindex(columns=["mean", "low", "high", "vs previous", "diff low", "diff high"])
+    table["verdict"] = ["" if pd.isna(r["vs previous"]) else "helps" if r["diff low"] > 0 else
+                        "hurts" if r["diff high"] < 0 else "no clear change" for _, r in table.iterrows()]
+    return table
+
+
+def format_beats(tables: dict[str, Any]):
+    """:func:`beats_against` tables (question -> table) side by side as text: rate [interval], change [interval], verdict."""
+    import pandas as pd
+
+    def interval(value, low, high, sign=""):
+        return "" if pd.isna(value) else f"{value:{sign}.1f} [{low:{sign}.1f}, {high:{sign}.1f}]"
+
+    shown = {}
+    for question, table in tables.items():
+        shown[(question, "beats (%)")] = [interval(r["mean"], r["low"], r["high"]) for _, r in table.iterrows()]
+        shown[(question, "change")] = [interval(r["vs previous"], r["diff low"], r["diff high"], "+")
+                                       for _, r in table.iterrows()]
+        shown[(question, "verdict")] = table["verdict"].tolist()
+    return pd.DataFrame(shown, index=next(iter(tables.values())).index)
 
 
 def beats_partner(split, sim: Any) -> dict[str, float]:
