@@ -1,5 +1,6 @@
 """Executing the series' notebooks: in place, so their stored outputs are one in-order run, or as
-copies elsewhere, with parameters injected, as ``reproduce`` does.
+copies elsewhere, with parameters injected, as ``reproduce`` does; and holding their text to those
+outputs (``claim`` in a cell, ``unbacked_numbers`` over a whole notebook).
 
 Explained in ``README.md`` (sections "Working on the notebooks" and "Reproducing the results").
 """
@@ -8,7 +9,11 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import os
+import re
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -17,7 +22,8 @@ from nbclient.exceptions import CellExecutionError
 from ..core.runtime import atomic_write
 
 __all__ = ["execute_notebook", "strip_noise", "run_notebook", "NotebookFailure", "inject_parameters",
-           "parameter_names", "OFFLINE_ENV", "SMOKE_VARIABLE", "claim"]
+           "parameter_names", "OFFLINE_ENV", "SMOKE_VARIABLE", "claim",
+           "unbacked_numbers", "UnbackedNumber"]
 
 # Metadata that changes on every run without changing the lesson.
 _LANGUAGE_INFO_KEEP = ("name", "codemirror_mode", "file_extension", "mimetype", "nbconvert_exporter", "pygments_lexer")
@@ -45,6 +51,140 @@ def claim(holds: bool, sentence: str, *, checked: bool = True) -> None:
     if checked and not holds:
         raise AssertionError(f"the text says {sentence!r}, and this run's result does not support it: "
                              "correct the text, or find out what changed")
+
+
+# --------------------------------------------------------------------------- numbers in the text, and the outputs
+
+@dataclass(frozen=True)
+class UnbackedNumber:
+    """A result-like number of a notebook's markdown that no stored output shows (see :func:`unbacked_numbers`)."""
+
+    number: str      # as written, unit or % sign included: "25.2 ms", "74 %"
+    sentence: str    # the sentence, list item or table row it stands in, on one line
+    cell_index: int  # the markdown cell's position in the notebook, from 0
+
+    def __str__(self) -> str:
+        return f"(cell {self.cell_index + 1}) {self.number}: {self.sentence}"
+
+
+_TIME_UNIT = (r"(?:ms|µs|ns|min|mins|sec|secs|milliseconds?|microseconds?|seconds?|minutes?|hours?"
+              r"|(?<= )(?:s|h))(?![\w])")
+# A number as written: thousands separated by commas ("30,522") or not; a sign; decimals.
+_NUMBER = r"[-−+]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)*"
+# A percentage followed by "interval", "confidence" or "CI" is a confidence level, a setting rather than a result.
+_MARKDOWN_NUMBER = re.compile(rf"(?<![\w.@/^_\\-])(?P<n>{_NUMBER})(?!\d)(?:(?P<pct> ?%)"
+                              rf"(?!\s*(?:confidence|interval|CI)\b)|(?P<level> ?%)|(?P<unit> ?{_TIME_UNIT}))?")
+# Every number an output prints, versions aside ("0.1.0" is no number): 1,024 · 0.070 · 1e-06.
+_OUTPUT_NUMBER = re.compile(r"(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\.?\d)")
+
+_FENCED = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
+_HIDDEN = re.compile(r"<!--.*?-->|<img\b[^>]*>", re.S)
+_INLINE = re.compile(r"\$\$.+?\$\$|\$[^$\n]+\$|``.+?``|`[^`\n]+`|\\\(.+?\\\)|\\\[.+?\\\]", re.S)
+_LINK_TARGET = re.compile(r"\]\([^)\s]*\)|<https?://[^>]*>|https?://\S+")
+_CITATION = re.compile(r"et al\.|\bpublished\b|\breported by\b|\barXiv\b|\b\d{4}\.\d{4,5}(?:v\d+)?\b"
+                       r"|\([^()]*\b(?:19|20)\d\d[a-z]?\b[^()]*\)|\]\(https?://", re.I)
+_REFERENCES = re.compile(r"^#{1,2}\s+(references|bibliography|further reading)\b", re.I | re.M)
+_HEADING = re.compile(r"^#{1,2}\s", re.M)
+_UNIT_START = re.compile(r"^ {0,3}(?:[-*+]\s|\d+\.\s|\||#|>)")
+_SENTENCE_END = re.compile(r"(?<=[.!?:])\s+(?=[A-Z*_(\[`\"“])")
+_ABBREVIATION = re.compile(r"(?:\bet al|\be\.g|\bi\.e|\bcf|\bvs|\bFig|\bEq|\bNo|\b[A-Z])\.$")
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _text(value) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def _output_texts(nb) -> Iterator[str]:
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if out.get("output_type") == "stream":
+                yield _text(out.get("text", ""))
+            for kind in ("text/plain", "text/markdown", "text/html"):
+                if kind in out.get("data", {}):
+                    text = _text(out["data"][kind])
+                    yield _TAG.sub(" ", text) if kind == "text/html" else text
+
+
+def _units(markdown: str) -> Iterator[str]:
+    # The sentences of a markdown cell; a list item, table row, heading or quote starts a unit of its own.
+    blocks: list[list[str]] = []
+    for line in markdown.splitlines():
+        if not line.strip():
+            blocks.append([])
+        elif _UNIT_START.match(line) or not blocks or (blocks[-1] and blocks[-1][0].lstrip().startswith("|")):
+            blocks.append([line])
+        else:
+            blocks[-1].append(line)
+    for block in blocks:
+        pieces = _SENTENCE_END.split(" ".join(s.strip() for s in block))
+        sentence = ""
+        for piece in pieces:
+            sentence = f"{sentence} {piece}" if sentence else piece
+            if not _ABBREVIATION.search(sentence):
+                yield sentence
+                sentence = ""
+        if sentence:
+            yield sentence
+
+
+def _value(written: str) -> Decimal:
+    # "−1,024.50" -> Decimal("1024.5"): the magnitude, compared by value (97.0 == 97).
+    return abs(Decimal(written.lstrip("-−+").replace(",", "")))
+
+
+def unbacked_numbers(nb) -> list[UnbackedNumber]:
+    """The result-like numbers of a notebook's markdown that none of its stored outputs shows.
+
+    ``nb`` is a notebook (as read by ``nbformat`` or ``json``) or the path of one. The rule, kept
+    simple so that a writer can predict it:
+
+    - *Result-like* is a number with a decimal point (``0.48``), with a ``%`` sign (``97 %``), or with a
+      unit of time (``25 ms``, ``3 s``, ``2 min``, ``1 h``, and the words ``seconds``, ``minutes``,
+      ``hours``, ``milliseconds``). Counts, sizes and years (``600 images``, ``64 px``, ``2021``) are not,
+      nor is a confidence level (``a 95 % interval``, ``95 % confidence``, ``95 % CI``), nor a version with
+      two dots or more (``3.11.2``; write a shorter one as code: ```ipywidgets 7.7```).
+    - It is *backed* when some number in the notebook's stored outputs (``stream``, ``text/plain``,
+      ``text/html`` with its tags removed, ``text/markdown``; any cell) has the same value, compared as
+      numbers: signs and thousands separators are ignored (``1,024`` is ``1024``, ``−0.02`` is ``0.02``),
+      trailing zeros too (``97.0`` backs ``97 %``), and a percentage may be printed as a fraction
+      (``0.438`` backs ``43.8 %``). Rounding is not: to quote ``0.48``, print ``0.48``.
+    - A figure *from the literature* is exempt: the sentence (or list item, or table row) it stands in
+      cites its source, with ``et al.``, a year in parentheses (``(Zhai et al., 2022)``, ``(2021)``),
+      ``published``, ``reported by``, an arXiv id, or a link to a web page (``[text](https://...)``); so is
+      everything under a ``# References`` or ``## References`` heading.
+    - Code and formulas are not results: fenced code blocks, inline code (```margin=0.3```) and LaTeX
+      (``$1 - 0.3$``, ``$$...$$``) are skipped, and so are link targets and HTML comments. Write an
+      illustrative constant there (``a gap of $0.1$``), never a measured one.
+
+    A sentence may state a result in words ("about twice as fast"); this rule does not see those, and
+    :func:`claim` checks them in the cell that prints the result. Returns the numbers in the order they
+    appear, each with its sentence and cell. Explained in ``README.md`` (section "Working on the notebooks").
+    """
+    if isinstance(nb, (str, os.PathLike)):
+        nb = json.loads(Path(nb).read_text(encoding="utf-8"))
+    printed = {_value(m.group()) for text in _output_texts(nb) for m in _OUTPUT_NUMBER.finditer(text)}
+
+    found: list[UnbackedNumber] = []
+    in_references = False
+    for index, cell in enumerate(nb["cells"]):
+        if cell.get("cell_type") != "markdown":
+            continue
+        source = _HIDDEN.sub(" ", _FENCED.sub(" ", _text(cell.get("source", ""))))
+        for unit in _units(source):
+            if _HEADING.match(unit):
+                in_references = bool(_REFERENCES.match(unit))
+            if in_references or _CITATION.search(unit):
+                continue
+            for m in _MARKDOWN_NUMBER.finditer(_LINK_TARGET.sub("]", _INLINE.sub(" ", unit))):
+                written = m.group("n")
+                if written.count(".") > 1 or not ("." in written or m.group("pct") or m.group("unit")):
+                    continue
+                value = _value(written)
+                if value in printed or (m.group("pct") and value / 100 in printed):
+                    continue
+                found.append(UnbackedNumber(m.group().strip(), " ".join(unit.split()), index))
+    return found
 
 
 def strip_noise(nb) -> None:
