@@ -220,3 +220,56 @@ def test_metrics_refuse_inconsistent_inputs():
         analysis.semantic_ceiling(truth, [1, 0, 2])
     with pytest.raises(ValueError, match="true of no image"):
         analysis.semantic_recall(torch.zeros(3, 3), torch.zeros(3, 3, dtype=torch.bool))
+
+
+def test_compare_rankings_agrees_with_the_metrics_and_brute_force_intervals():
+    import numpy as np
+    import torch
+
+    from siamese_utils.chapters.analysis import compare_rankings, semantic_recall
+    from siamese_utils.core.metrics import metrics_from_scores
+
+    g = torch.Generator().manual_seed(0)
+    owner = np.repeat(np.arange(12), 3)
+    truth = torch.zeros(12, 36, dtype=torch.bool)
+    truth[owner, np.arange(36)] = True
+    truth[1, 0] = truth[5, 7] = True
+    before, after = torch.randn(12, 36, generator=g), torch.randn(12, 36, generator=g)
+    table = compare_rankings(before, after, owner, truth, samples=300, seed=1)
+    for sim, column in ((before, "before"), (after, "after")):
+        metrics = metrics_from_scores(sim, owner)
+        for d, name in (("i2t", "image → text"), ("t2i", "text → image")):
+            for k in (1, 5, 10):
+                assert table.loc[f"{name} R@{k}", column] == pytest.approx(metrics[f"{d}_r{k}"])
+            assert table.loc[f"semantic {name} R@1", column] == pytest.approx(semantic_recall(sim, truth)[f"{d}_r1"])
+        assert table.loc["rsum", column] == pytest.approx(metrics["rsum"])
+    assert (table["change"] == table["after"] - table["before"]).all()
+    # brute force: one bootstrap draw of images, their captions with them
+    draws = np.random.default_rng(1).integers(0, 12, size=(300, 12))
+    diffs = []
+    for images in draws:
+        caps = np.concatenate([np.flatnonzero(owner == i) for i in images])
+        rank = lambda sim: [int((sim[:, j] > sim[owner[j], j]).sum() + (sim[:, j] == sim[owner[j], j]).sum() - 1)
+                            for j in caps]
+        diffs.append(100 * (np.mean(np.array(rank(after)) < 1) - np.mean(np.array(rank(before)) < 1)))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    assert table.loc["text → image R@1", "low"] == pytest.approx(low)
+    assert table.loc["text → image R@1", "high"] == pytest.approx(high)
+    same = compare_rankings(before, before, owner)
+    assert (same[["change", "low", "high"]] == 0).all().all() and "semantic image → text R@1" not in same.index
+
+
+def test_compare_rankings_reads_each_direction_from_its_own_matrix():
+    import numpy as np
+    import torch
+
+    from siamese_utils.chapters.analysis import compare_rankings
+
+    g = torch.Generator().manual_seed(2)
+    owner = np.repeat(np.arange(8), 2)
+    a, b = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    split = compare_rankings(a, (a, b), owner)  # image -> text unchanged, text -> image from b
+    assert (split.loc[[f"image → text R@{k}" for k in (1, 5, 10)], "change"] == 0).all()
+    whole = compare_rankings(a, b, owner)
+    for k in (1, 5, 10):
+        assert split.loc[f"text → image R@{k}", "after"] == whole.loc[f"text → image R@{k}", "after"]

@@ -14,6 +14,7 @@ from siamese_utils.chapters.rerank import (
     hard_negative_images,
     image_regions,
     mine_training_pairs,
+    pool_regions,
     rerank,
     same_caption_mask,
     score_all_pairs,
@@ -69,6 +70,32 @@ def test_training_pairs_hold_every_positive_once_and_clean_negatives():
     keys = (pairs.image * 8 + pairs.caption).tolist()
     assert len(keys) == len(set(keys))
     assert set(pairs.to_frame(CAPTIONS).columns) == {"image", "caption", "label", "text"}
+
+
+def test_a_truth_mask_keeps_every_true_pair_out_of_the_negatives():
+    sim = _sim(3)
+    truth = same_caption_mask(OWNER, CAPTIONS).clone()
+    truth[1, 6] = truth[3, 0] = True  # "a yellow disc" is also true of image 1; "a red circle" of image 3
+    sim[1, 6] = sim[3, 0] = 10.0      # and the dual encoder ranks those first
+    images = hard_negative_images(sim, OWNER, CAPTIONS, 1, matches=truth)  # caption 0 has one wrong image left
+    captions = hard_negative_captions(sim, OWNER, CAPTIONS, 2, matches=truth)
+    assert 1 not in images[6].tolist() and 3 not in images[0].tolist()
+    assert 6 not in captions[1].tolist() and 0 not in captions[3].tolist()
+    pairs = mine_training_pairs(sim, OWNER, CAPTIONS, 1, 2, matches=truth)
+    negatives = pairs.label == 0
+    assert not truth[pairs.image[negatives], pairs.caption[negatives]].any()
+    # without the mask, the same-text rule alone takes them as negatives
+    assert hard_negative_images(sim, OWNER, CAPTIONS, 1)[6].tolist() == [1]
+
+
+def test_a_truth_mask_must_fit_and_hold_every_own_pair():
+    truth = same_caption_mask(OWNER, CAPTIONS)
+    with pytest.raises(ValueError, match=r"matches has shape \(3, 8\) but sim has \(4, 8\)"):
+        hard_negative_images(_sim(), OWNER, CAPTIONS, 1, matches=truth[:3])
+    wrong = truth.clone()
+    wrong[2, 5] = False
+    with pytest.raises(ValueError, match="caption 5 does not match its own image 2.*truth_matrix"):
+        mine_training_pairs(_sim(), OWNER, CAPTIONS, 1, 1, matches=wrong)
 
 
 def test_mining_asks_for_no_more_negatives_than_exist():
@@ -187,6 +214,25 @@ def test_image_regions_average_to_the_pooled_features():
         torch.testing.assert_close(regions.mean(dim=1), tower(images))
 
 
+@pytest.mark.parametrize("tower", ["grid_cnn", "grid_cnn_pooled"])
+def test_grid_cells_are_regions_that_rebuild_the_towers_output(tower, tokenizer):
+    torch.manual_seed(0)
+    dual = M.build_model(image_tower=tower, text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8).eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        regions = image_regions(dual.image_tower, images)
+        assert regions.shape == (4, 16, 64)  # a 4x4 grid of 64 channels
+        torch.testing.assert_close(pool_regions(dual.image_tower, regions), dual.image_tower(images))
+    # so a cross-encoder built from the composition model starts out ranking exactly like it
+    cross = CrossAttentionEncoder.from_dual_encoder(dual, hidden_dim=8, num_regions=16).eval()
+    full = score_all_pairs(PairScorer(cross, regions, CAPTIONS, tokenizer), 4, 8)
+    with torch.no_grad():
+        tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
+        sim = dual.similarity(dual.encode_images(images), dual.encode_texts(tokens["input_ids"],
+                                                                           tokens["attention_mask"]))
+    torch.testing.assert_close(full, cross.dual_scale.detach() * sim, atol=1e-5, rtol=1e-5)
+
+
 def test_cross_encoder_refuses_what_it_cannot_use(small_dual):
     with pytest.raises(TypeError, match="token_states"):
         CrossAttentionEncoder(M.BagOfWordsTower(word_dim=8), 16)
@@ -224,3 +270,26 @@ def test_training_refuses_pairs_that_do_not_fit(tokenizer):
         train_cross_encoder(cross, torch.randn(3, 2, 12), CAPTIONS, pairs, tokenizer, log=None)
     with pytest.raises(ValueError, match="num_epochs=0"):
         CrossTrainConfig(num_epochs=0)
+
+
+def test_train_reranker_mines_no_true_pair_and_trains_a_second_stage_for_the_grid_model(tokenizer):
+    from siamese_utils.chapters.analysis import truth_matrix
+    from siamese_utils.core.data import CaptionedImages, read_dataset
+    from siamese_utils.core.train import prepare_images
+    from siamese_utils.chapters.rerank import train_reranker
+
+    test = read_dataset("data/tiny").split("test")
+    split = CaptionedImages(test.records[20:40], test.source, "test")  # minimal pairs among them
+    torch.manual_seed(0)
+    dual = M.build_model(image_tower="grid_cnn", text_tower="gru", embed_dim=16, word_dim=8, text_hidden=8).eval()
+    regions = image_regions(dual.image_tower, prepare_images(split, 64))
+    truth = truth_matrix(split)
+    config = CrossTrainConfig(num_epochs=1, batch_size=64)
+    cross, pairs, history = train_reranker(dual, split, regions, tokenizer, config, matches=truth, hidden_dim=8)
+    negatives = pairs.label == 0
+    assert negatives.any() and not truth[pairs.image[negatives], pairs.caption[negatives]].any()
+    assert int(pairs.label.sum()) == split.num_captions and len(history) == 1
+    assert cross.num_regions == 16 and not cross.training
+    again = train_reranker(dual, split, regions, tokenizer, config, matches=truth, hidden_dim=8)[0]
+    for (name, p), q in zip(cross.named_parameters(), again.parameters()):
+        assert torch.equal(p, q), f"{name}: a seeded second stage repeats"

@@ -27,7 +27,8 @@ import torch
 
 from ..datasets import tiny
 
-__all__ = ["ASKS", "what_differs", "failure_analysis", "truth_matrix", "semantic_ceiling", "semantic_recall"]
+__all__ = ["ASKS", "what_differs", "failure_analysis", "truth_matrix", "semantic_ceiling", "semantic_recall",
+           "compare_rankings"]
 
 ASKS = {"single": "colour, shape, size", "swap_colours": "which colour is which shape",
         "swap_places": "where each shape is"}
@@ -185,6 +186,12 @@ def semantic_recall(sim: Any, truth: Any, ks: Sequence[int] = (1, 5, 10)) -> dic
 
     Explained in ``notebooks/04_evaluation.ipynb``.
     """
+    ranks = _semantic_ranks(sim, truth)
+    return {f"{d}_r{K}": 100.0 * float((ranks[d] < K).double().mean()) for d in ("i2t", "t2i") for K in ks}
+
+
+def _semantic_ranks(sim: Any, truth: Any) -> dict[str, torch.Tensor]:
+    """Per query, the number of wrong candidates scoring at least as high as the best right one."""
     truth = _check_truth(truth)
     sim = torch.as_tensor(np.asarray(sim) if not isinstance(sim, torch.Tensor) else sim).detach().cpu().float()
     if sim.shape != truth.shape:
@@ -196,4 +203,59 @@ def semantic_recall(sim: Any, truth: Any, ks: Sequence[int] = (1, 5, 10)) -> dic
     for direction, scores, right in (("i2t", sim, truth), ("t2i", sim.T, truth.T)):
         best = torch.where(right, scores, torch.full_like(scores, lowest)).amax(dim=1, keepdim=True)
         ranks[direction] = ((scores >= best) & ~right).sum(dim=1)
-    return {f"{d}_r{K}": 100.0 * float((ranks[d] < K).double().mean()) for d in ("i2t", "t2i") for K in ks}
+    return ranks
+
+
+def compare_rankings(before: Any, after: Any, txt_to_img: Any, truth: Any = None, samples: int = 2000,
+                     seed: int = 0) -> "pd.DataFrame":
+    """Two ``(images, captions)`` score matrices of the same split, compared query by query, with 95 % intervals.
+
+    ``before`` and ``after`` are each one matrix, or a pair ``(i2t_sim,
+    t2i_sim)`` where the two directions were ranked apart (a reranker's
+    :class:`~siamese_utils.chapters.rerank.Reranked` matrices).
+
+    Rows: R@1/5/10 both ways and rsum (the standard protocol, ties against the
+    truth), then, with ``truth`` (:func:`truth_matrix`), "semantic" R@1 both
+    ways (:func:`semantic_recall`). Columns: ``before``, ``after``, ``change``
+    and its 95 % interval ``low``, ``high`` from a paired bootstrap over test
+    images: each sample draws images with replacement and, with them, their
+    captions, and scores both matrices on the same draw. The interval holds
+    the sampling noise of the test set only (one model each, no seeds).
+
+    Explained in ``notebooks/07_reranking.ipynb``.
+    """
+    import pandas as pd
+
+    from ..core.metrics import ranks_from_scores
+
+    owner = np.asarray(txt_to_img)
+    n = int(np.shape(before[0] if isinstance(before, (tuple, list)) else before)[0])
+
+    def hits(sims) -> dict[str, np.ndarray]:  # per image: its i2t hit, and how many of its captions hit t2i
+        i2t_sim, t2i_sim = sims if isinstance(sims, (tuple, list)) else (sims, sims)
+        i2t, t2i = ranks_from_scores(i2t_sim, owner)[0], ranks_from_scores(t2i_sim, owner)[1]
+        out = {}
+        for K in (1, 5, 10):
+            out[f"image → text R@{K}"] = (i2t < K).astype(float)
+            out[f"text → image R@{K}"] = np.bincount(owner, (t2i < K).astype(float), n)
+        if truth is not None:
+            semantic = {"i2t": _semantic_ranks(i2t_sim, truth)["i2t"], "t2i": _semantic_ranks(t2i_sim, truth)["t2i"]}
+            out["semantic image → text R@1"] = (semantic["i2t"].numpy() < 1).astype(float)
+            out["semantic text → image R@1"] = np.bincount(owner, (semantic["t2i"].numpy() < 1).astype(float), n)
+        return out
+
+    a, b = hits(before), hits(after)
+    captions = np.bincount(owner, minlength=n).astype(float)
+    draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))  # the same draws for every row
+    rows, changes = {}, {}
+    for name in a:
+        weight = captions if "text → image" in name else np.ones(n)
+        value = [100 * hit.sum() / weight.sum() for hit in (a[name], b[name])]
+        changes[name] = 100 * (b[name] - a[name])[draws].sum(axis=1) / weight[draws].sum(axis=1)
+        rows[name] = value + [value[1] - value[0], *np.percentile(changes[name], [2.5, 97.5])]
+    standard = [name for name in a if not name.startswith("semantic")]
+    rsum = [sum(rows[name][i] for name in standard) for i in (0, 1)]
+    rows["rsum"] = rsum + [rsum[1] - rsum[0],
+                           *np.percentile(sum(changes[name] for name in standard), [2.5, 97.5])]
+    order = standard + ["rsum"] + [name for name in a if name.startswith("semantic")]
+    return pd.DataFrame({name: rows[name] for name in order}, index=["before", "after", "change", "low", "high"]).T

@@ -42,12 +42,14 @@ from ..core.data import Collator
 from ..core.metrics import METRIC_KEYS, check_txt_to_img, metrics_from_scores
 from ..core.models import MAX_LOGIT_SCALE, DualEncoder, EfficientNetLite0Tower, masked_mean
 from ..core.runtime import epoch_seed, seed_everything
-from ..core.train import decay_groups, make_scheduler
+from ..core.train import decay_groups, encode_split, make_scheduler
+from .composition import GridCNN
 from .towers import ResNetTower
 
 __all__ = [
     "CrossAttentionEncoder",
     "image_regions",
+    "pool_regions",
     "same_caption_mask",
     "hard_negative_images",
     "hard_negative_captions",
@@ -55,6 +57,7 @@ __all__ = [
     "mine_training_pairs",
     "CrossTrainConfig",
     "train_cross_encoder",
+    "train_reranker",
     "PairScorer",
     "score_all_pairs",
     "top_k_candidates",
@@ -114,35 +117,55 @@ def _hardest(scores: torch.Tensor, excluded: torch.Tensor, k: int, what: str, pe
     return torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]  # exact ties: lower index first
 
 
-def hard_negative_images(sim: Any, txt_to_img: Any, captions: Sequence[str], k: int) -> torch.Tensor:
+def _matches(sim: torch.Tensor, txt_to_img: Any, captions: Sequence[str], matches: Any) -> torch.Tensor:
+    """The ``(N, M)`` pairs that are not negatives: ``matches`` if given (it must hold every own pair), else
+    :func:`same_caption_mask`."""
+    if matches is None:
+        match = same_caption_mask(txt_to_img, captions, sim.shape[0])
+        if match.shape != sim.shape:
+            raise ValueError(f"sim has shape {tuple(sim.shape)} but there are {len(captions)} captions")
+        return match
+    match = torch.as_tensor(np.asarray(matches) if not isinstance(matches, torch.Tensor) else matches).bool().cpu()
+    if match.shape != sim.shape:
+        raise ValueError(f"matches has shape {tuple(match.shape)} but sim has {tuple(sim.shape)}: one entry per "
+                         "(image, caption) pair of the same split")
+    owner = check_txt_to_img(txt_to_img, sim.shape[0], sim.shape[1], every_image=False)
+    missing = ~match[owner, torch.arange(sim.shape[1])]
+    if bool(missing.any()):
+        j = int(missing.nonzero()[0])
+        raise ValueError(f"matches says caption {j} does not match its own image {int(owner[j])}; pass a mask that "
+                         "is True for every (image, caption) pair of the data (e.g. analysis.truth_matrix(split))")
+    return match
+
+
+def hard_negative_images(sim: Any, txt_to_img: Any, captions: Sequence[str], k: int,
+                         matches: Any = None) -> torch.Tensor:
     """``(M, k)`` image indices: each caption's ``k`` top-ranked images that do not match it, hardest first.
 
     ``sim`` is the dual encoder's ``(N images, M captions)`` score matrix.
-    An image matches a caption when the caption's text is one of the image's
-    own captions (:func:`same_caption_mask`).
+    ``matches``, an ``(N, M)`` boolean mask, says which images a caption is
+    true of (on the tiny set, :func:`~siamese_utils.chapters.analysis.truth_matrix`);
+    without it, an image matches a caption when the caption's text is one of
+    the image's own captions (:func:`same_caption_mask`).
 
     Explained in ``notebooks/07_reranking.ipynb``.
     """
     sim = _check_sim(sim)
-    match = same_caption_mask(txt_to_img, captions, sim.shape[0])
-    if match.shape != sim.shape:
-        raise ValueError(f"sim has shape {tuple(sim.shape)} but there are {len(captions)} captions")
-    return _hardest(sim.T, match.T, k, "images", "caption")
+    return _hardest(sim.T, _matches(sim, txt_to_img, captions, matches).T, k, "images", "caption")
 
 
-def hard_negative_captions(sim: Any, txt_to_img: Any, captions: Sequence[str], k: int) -> torch.Tensor:
+def hard_negative_captions(sim: Any, txt_to_img: Any, captions: Sequence[str], k: int,
+                           matches: Any = None) -> torch.Tensor:
     """``(N, k)`` caption indices: each image's ``k`` top-ranked captions that do not describe it, hardest first.
 
-    A caption of another image whose text equals one of this image's own
-    captions describes it too and is skipped (:func:`same_caption_mask`).
+    A caption that ``matches`` marks as true of the image (by default: whose
+    text equals one of the image's own captions, :func:`same_caption_mask`)
+    describes it too and is skipped.
 
     Explained in ``notebooks/07_reranking.ipynb``.
     """
     sim = _check_sim(sim)
-    match = same_caption_mask(txt_to_img, captions, sim.shape[0])
-    if match.shape != sim.shape:
-        raise ValueError(f"sim has shape {tuple(sim.shape)} but there are {len(captions)} captions")
-    return _hardest(sim, match, k, "captions", "image")
+    return _hardest(sim, _matches(sim, txt_to_img, captions, matches), k, "captions", "image")
 
 
 @dataclass
@@ -169,14 +192,15 @@ class MinedPairs:
 
 
 def mine_training_pairs(sim: Any, txt_to_img: Any, captions: Sequence[str], per_caption: int = 3,
-                        per_image: int = 3) -> MinedPairs:
+                        per_image: int = 3, matches: Any = None) -> MinedPairs:
     """Every true (image, caption) pair plus hard negatives from both directions, each pair once.
 
     Negatives: the ``per_caption`` hardest images of each caption
     (:func:`hard_negative_images`) and the ``per_image`` hardest captions of
     each image (:func:`hard_negative_captions`); a pair found from both sides
     is kept once. ``per_caption=0`` or ``per_image=0`` skips that direction.
-    Positives first (in caption order), then negatives sorted by image and
+    ``matches``: the pairs that are never negatives (see
+    :func:`hard_negative_images`). Positives first (in caption order), then negatives sorted by image and
     caption.
 
     Explained in ``notebooks/07_reranking.ipynb``.
@@ -188,10 +212,10 @@ def mine_training_pairs(sim: Any, txt_to_img: Any, captions: Sequence[str], per_
         raise ValueError(f"sim has {m} caption columns but {len(captions)} captions were given")
     keys = []
     if per_caption:
-        images = hard_negative_images(sim, owner, captions, per_caption)
+        images = hard_negative_images(sim, owner, captions, per_caption, matches)
         keys.append((images * m + torch.arange(m)[:, None]).flatten())
     if per_image:
-        caps = hard_negative_captions(sim, owner, captions, per_image)
+        caps = hard_negative_captions(sim, owner, captions, per_image, matches)
         keys.append((torch.arange(n)[:, None] * m + caps).flatten())
     negatives = torch.unique(torch.cat(keys)) if keys else torch.empty(0, dtype=torch.long)
     image = torch.cat([owner, negatives // m])
@@ -330,6 +354,35 @@ def train_cross_encoder(cross: CrossAttentionEncoder, regions: torch.Tensor, cap
     history = pd.DataFrame(rows)
     history.attrs["step_losses"] = step_losses
     return history
+
+
+def train_reranker(dual: DualEncoder, split, regions: torch.Tensor, tokenizer,
+                   config: CrossTrainConfig = CrossTrainConfig(), *, matches: Any = None, per_caption: int = 2,
+                   per_image: int = 2, hidden_dim: int = 128, device: torch.device | str | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple["CrossAttentionEncoder", MinedPairs, pd.DataFrame]:
+    """A second stage for ``dual`` in one call: mine its mistakes on ``split``, build a cross-encoder, train it.
+
+    ``regions`` are ``split``'s images as :func:`image_regions` of ``dual``'s
+    image tower gives them (computed once). The dual encoder ranks the
+    split; :func:`mine_training_pairs` takes each caption's ``per_caption``
+    hardest wrong images and each image's ``per_image`` hardest wrong captions,
+    never a pair ``matches`` marks as true; the cross-encoder starts from
+    ``dual`` (:meth:`CrossAttentionEncoder.from_dual_encoder`, seeded by
+    ``config.seed``) and learns from those pairs (:func:`train_cross_encoder`).
+    Returns the cross-encoder, the mined pairs and the training history.
+
+    Explained in ``notebooks/07_reranking.ipynb``, which first takes these steps one by one.
+    """
+    dual = dual.eval()
+    img_emb, txt_emb = encode_split(dual, split, tokenizer, device, max_length=config.max_length,
+                                    image_features=pool_regions(dual.image_tower, regions))
+    pairs = mine_training_pairs(dual.similarity(img_emb, txt_emb), split.txt_to_img, split.captions, per_caption,
+                                per_image, matches)
+    torch.manual_seed(config.seed)
+    cross = CrossAttentionEncoder.from_dual_encoder(dual, hidden_dim=hidden_dim,
+                                                    num_regions=regions.shape[1] if regions.ndim == 3 else 1)
+    history = train_cross_encoder(cross, regions, split.captions, pairs, tokenizer, config, device=device, log=log)
+    return cross, pairs, history
 
 
 # --------------------------------------------------------------------------- scoring pairs
@@ -543,13 +596,18 @@ def image_regions(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
     For :class:`EfficientNetLite0Tower` the last feature map, ``R = (S / 32)^2``
     regions of an ``S``-pixel image (2 x 2 at 64 pixels, 3 x 3 at 96); their
     mean is exactly the tower's pooled output. For :class:`ResNetTower` its
-    last convolutional map. Any other tower gives its pooled features as one
-    region (``R = 1``).
+    last convolutional map. For chapter 05's
+    :class:`~siamese_utils.chapters.composition.GridCNN` its grid cells
+    (16 at 64 pixels), whose features, channel by channel and cell by cell,
+    are exactly the tower's flattened output (:func:`pool_regions`). Any
+    other tower gives its pooled features as one region (``R = 1``).
 
     Explained in ``notebooks/07_reranking.ipynb``.
     """
     if isinstance(tower, EfficientNetLite0Tower):
         maps = tower.net.forward_features(images * tower.input_scale + tower.input_shift)
+    elif isinstance(tower, GridCNN):
+        maps = tower.cells(images)
     elif isinstance(tower, ResNetTower):
         net = tower.net
         x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
@@ -557,6 +615,20 @@ def image_regions(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
     else:
         return tower(images).unsqueeze(1)
     return maps.flatten(2).transpose(1, 2)
+
+
+def pool_regions(tower: nn.Module, regions: torch.Tensor) -> torch.Tensor:
+    """What ``tower`` outputs, rebuilt from its :func:`image_regions`: ``(B, R, C)`` -> ``(B, out_dim)``.
+
+    The mean over regions (a pooled tower), or for a :class:`GridCNN` that
+    keeps its grid, the cells flattened channel-major (feature ``c * R + k``),
+    as its ``forward`` does. ``(B, F)`` features pass through.
+    """
+    if regions.ndim == 2:
+        return regions
+    if type(tower) is GridCNN:  # its pooled ablation (a subclass) averages its cells like any pooled tower
+        return regions.transpose(1, 2).flatten(1)
+    return regions.mean(dim=1)
 
 
 class CrossAttentionEncoder(nn.Module):
@@ -630,8 +702,9 @@ class CrossAttentionEncoder(nn.Module):
         """
         import copy
 
-        return cls(copy.deepcopy(dual.text_tower), dual.image_tower.out_dim, image_tower=dual.image_tower,
-                   dual=dual, **options)
+        tower = dual.image_tower  # a grid's regions are its cells, of `channels` features each
+        region_dim = tower.channels if isinstance(tower, GridCNN) else tower.out_dim
+        return cls(copy.deepcopy(dual.text_tower), region_dim, image_tower=tower, dual=dual, **options)
 
     # -- the unimodal parts: once per image, once per caption ------------------------------------------------
     def project_regions(self, regions: torch.Tensor) -> torch.Tensor:
@@ -677,8 +750,7 @@ class CrossAttentionEncoder(nn.Module):
         if self.dual_image_proj is None:
             return None
         if regions is not None:
-            pooled = regions.mean(dim=1) if regions.ndim == 3 else regions
-            return F.normalize(self.dual_image_proj(pooled), dim=-1)
+            return F.normalize(self.dual_image_proj(pool_regions(self.image_tower, regions)), dim=-1)
         pool = getattr(self.text_tower, "attention", None)
         if pool is not None:
             return F.normalize(self.dual_text_proj(pool(token_states, attention_mask)[0]), dim=-1)
