@@ -1,1 +1,1 @@
-"""Datasets: the tiny synthetic set (``tiny``) and the registry of real ones (``registry``)."""
+"""Datasets: the tiny synthetic set (``tiny``), the registry of real ones (``registry``) and their hub route (``hub``)."""

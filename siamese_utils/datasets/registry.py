@@ -55,6 +55,9 @@ __all__ = [
     "verify_file",
     "extract_archive",
     "load_dataset",
+    "check_counts",
+    "is_complete",
+    "human_bytes",
 ]
 
 DOWNLOADS = "downloads"  # ROOT/downloads/ holds the archives, shared by the datasets that use them
@@ -123,7 +126,7 @@ class RemoteFile:
     @property
     def human_size(self) -> str:
         """The size for people: exact when published, else the approximate one."""
-        return _human(self.size) if self.size is not None else self.approx_size
+        return human_bytes(self.size) if self.size is not None else self.approx_size
 
 
 @dataclass(frozen=True)
@@ -279,11 +282,13 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def registry_table():
-    """The registry as a table: images per split, download size, open or by request, how files are verified.
+    """The registry as a table: images per split, download size, open or by request, how files are verified, hub route.
 
     Explained in ``notebooks/09_scaling_up.ipynb``.
     """
     import pandas as pd
+
+    from .hub import HUB_SOURCES as hub  # the hub route of siamese_utils.datasets.hub, where there is one
 
     rows = []
     for info in DATASETS.values():
@@ -291,7 +296,7 @@ def registry_table():
         if info.shipped:
             download_size = "shipped"
         elif all(s is not None for s in sizes):
-            download_size = _human(sum(sizes))
+            download_size = human_bytes(sum(sizes))
         else:
             download_size = " + ".join(f.human_size for f in info.files)
         rows.append(
@@ -303,6 +308,7 @@ def registry_table():
                 "download": download_size,
                 "access": "shipped" if info.shipped else "open" if info.openly_downloadable else "request form",
                 "checked": "; ".join(f"{f.filename}: {_checks(f)}" for f in info.files) or "-",
+                "or from the hub": f"--from-hub: {hub[info.name].repo}" if info.name in hub else "-",
             }
         )
     return pd.DataFrame(rows).set_index("name")
@@ -316,12 +322,19 @@ def _checks(f: RemoteFile) -> str:
     return f"size and {algorithm}" if algorithm else "size (no checksum published)"
 
 
-def _human(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """A byte count for people: "36.7 MB".
+
+    Explained in ``notebooks/09_scaling_up.ipynb``.
+    """
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+_human = human_bytes
 
 
 def _command(name: str, root: Path) -> str:
@@ -350,6 +363,11 @@ def manual_steps(name: str | DatasetInfo, root: str | os.PathLike = "data") -> s
         what = f"size and {algorithm}" if f.size is not None and algorithm else algorithm or "size"
         lines.append(f"     It checks {f.filename}'s {what} against the values published in {f.source},")
     lines.append(f"     fetches Karpathy's split file and lays the dataset out in {root / info.name}.")
+    from .hub import HUB_SOURCES, INSTALL_HINT
+
+    if info.name in HUB_SOURCES:
+        lines.append(f"Or, with no form: {_command(info.name, root)} --from-hub (streams {HUB_SOURCES[info.name].repo} "
+                     f"from the Hugging Face hub; needs {INSTALL_HINT})")
     return "\n".join(lines)
 
 
@@ -680,18 +698,26 @@ def _assemble(archives: list[tuple[RemoteFile, Path]], staging: Path, progress: 
     return dataset
 
 
-def _check_counts(info: DatasetInfo, data: CaptionedImages, where: Path) -> None:
+def check_counts(info: DatasetInfo, data: CaptionedImages, where: Path) -> None:
+    """Refuse ``data`` unless its images per split are ``info.splits``; the error names both.
+
+    Explained in ``notebooks/09_scaling_up.ipynb``.
+    """
     got = {split: len(data.split(split)) for split in info.splits}
     if got != dict(info.splits):
         raise DatasetError(f"{where}: images per split {got}, expected {dict(info.splits)} for {info.name}; "
                            "the split file or an archive is not the published one")
 
 
-def _complete(info: DatasetInfo, folder: Path) -> bool:
+def is_complete(info: DatasetInfo, folder: Path) -> bool:
+    """Whether ``folder`` holds a dataset.json that reads with ``info``'s images per split.
+
+    Explained in ``notebooks/09_scaling_up.ipynb``.
+    """
     if not (folder / "dataset.json").is_file():
         return False
     try:
-        _check_counts(info, read_dataset(folder), folder)
+        check_counts(info, read_dataset(folder), folder)
     except DatasetError:
         return False
     return True
@@ -720,20 +746,20 @@ def download(name: str | DatasetInfo, root: str | os.PathLike = "data", mirror: 
     say = log or (lambda line: None)
     target = root / info.name
     if info.shipped:
-        if not _complete(info, target):
+        if not is_complete(info, target):
             from .tiny import write_tiny_dataset
 
             write_tiny_dataset(target)
             say(f"wrote {target}")
         return target
-    if _complete(info, target):
+    if is_complete(info, target):
         say(f"{target} is complete: nothing to do")
         return target
     if target.exists() and any(target.iterdir()):
         problem = "no dataset.json"
         if (target / "dataset.json").is_file():
             try:
-                _check_counts(info, read_dataset(target), target)
+                check_counts(info, read_dataset(target), target)
             except DatasetError as e:
                 problem = str(e).splitlines()[0]
         raise DatasetError(f"{target} exists but is not a complete {info.name} ({problem}); move it aside or "
@@ -766,7 +792,7 @@ def download(name: str | DatasetInfo, root: str | os.PathLike = "data", mirror: 
     try:
         say(f"extracting into {target}")
         dataset = _assemble(archives, staging, progress)
-        _check_counts(info, read_dataset(dataset), target)
+        check_counts(info, read_dataset(dataset), target)
         if target.exists():
             target.rmdir()  # empty (checked above)
         os.replace(dataset, target)

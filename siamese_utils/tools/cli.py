@@ -4,7 +4,8 @@ Commands:
 
 - ``make-tiny``: write the tiny synthetic dataset (``data/tiny``);
 - ``info``: read a dataset folder, print its splits, optionally decode every image;
-- ``download``: fetch Flickr8k, Flickr30k or COCO with Karpathy's splits, verified, into ``data/NAME``;
+- ``download``: fetch Flickr8k, Flickr30k or COCO with Karpathy's splits, verified, into ``data/NAME``
+  (``--from-hub``: Flickr8k or Flickr30k from the Hugging Face hub);
 - ``model``: build a dual encoder from its settings and print its parts, weights and sizes;
 - ``train``: train a dual encoder on a dataset folder, with a checkpoint after every epoch;
 - ``evaluate``: retrieval metrics of a trained model on one split (a table, or JSON);
@@ -77,9 +78,16 @@ def _download(args: argparse.Namespace) -> int:
         return 0
     if args.name is None:
         raise ValueError(f"give a dataset NAME or --list; known: {', '.join(DATASETS)}")
+    progress = not args.no_progress and sys.stderr.isatty()
     try:
-        out = download(args.name, args.root, mirror=args.mirror,
-                       progress=not args.no_progress and sys.stderr.isatty())
+        if args.from_hub:
+            from ..datasets.hub import hub_source, import_from_hub
+
+            if args.mirror:
+                raise ValueError("--mirror applies to published archives, not to --from-hub; drop one of them")
+            out = import_from_hub(hub_source(args.name), args.root, progress=progress)
+        else:
+            out = download(args.name, args.root, mirror=args.mirror, progress=progress)
     except (DownloadError, UnsafeArchiveError) as e:  # the download failed: exit 1, unlike bad input (2)
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -618,12 +626,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="fetch a real dataset (Flickr8k, Flickr30k, COCO) into ROOT/NAME, verified",
                        description="Fetch a dataset with Karpathy's splits into ROOT/NAME: archives in ROOT/downloads "
                        "(resumed if interrupted, checked against published sizes and checksums), extracted safely. "
-                       "Flickr8k and Flickr30k are handed out after a request form: the command prints the steps. "
-                       "Exit 0 on success, 1 if a download or check fails, 2 for bad input or a set to request.")
+                       "Flickr8k and Flickr30k are handed out after a request form: the command prints the steps; "
+                       "with --from-hub it streams them from the Hugging Face hub instead (needs the datasets "
+                       "package: pip install -e \".[hub]\"), resumably. Exit 0 on success, 1 if a download or check "
+                       "fails, 2 for bad input, a set to request, no datasets package or no hub.")
     p.add_argument("name", nargs="?", metavar="NAME", help="tiny, flickr8k, flickr30k or coco (see --list)")
     p.add_argument("--list", action="store_true", help="list the datasets: images per split, sizes, access")
     p.add_argument("--root", type=Path, default=Path("data"), help="folder of datasets (default: data)")
     p.add_argument("--mirror", metavar="URL", help="fetch every file as URL/FILENAME instead of its published address")
+    p.add_argument("--from-hub", action="store_true",
+                   help="flickr8k or flickr30k: stream them from the Hugging Face hub (jxie/flickr8k, "
+                   "nlphuji/flickr30k) into the same layout, no request form")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_download)
 
