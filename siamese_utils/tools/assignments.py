@@ -699,15 +699,16 @@ def _judge(exercise: Exercise, solution: _Outcome, test: _Outcome, earlier: tupl
 
 
 def _plan(cells, exercises: list[Exercise], positions: dict[str, tuple[int, int]], quick: bool) -> list[int]:
-    """The cells to run, by position: every code cell, or (quick) the setup cell (the first code cell), the
-    ``parameters`` cell and each exercise's solution and test cells."""
+    """The cells to run, by position: every code cell, or (quick) the setup cells (every code cell up to the
+    ``parameters`` cell: the Colab cell, the imports; the first code cell without one), the ``parameters``
+    cell and each exercise's solution and test cells."""
+    code = [i for i, c in enumerate(cells) if c.cell_type == "code"]
     if not quick:
-        return [i for i, c in enumerate(cells) if c.cell_type == "code"]
-    setup = next((i for i, c in enumerate(cells) if c.cell_type == "code"), None)
-    parameters = next((i for i, c in enumerate(cells) if c.cell_type == "code"
-                       and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+        return code
+    parameters = next((i for i in code if "parameters" in cells[i].get("metadata", {}).get("tags", [])), None)
+    setup = [i for i in code if i <= parameters] if parameters is not None else code[:1]
     graded = {i for pair in positions.values() for i in pair}
-    order = [i for i in dict.fromkeys((setup, parameters)) if i is not None and i not in graded]
+    order = [i for i in setup if i not in graded]
     return order + [i for e in exercises for i in positions[e.grade_id]]
 
 
@@ -720,8 +721,8 @@ def grade(submission: str | os.PathLike, autograder: str | os.PathLike | None = 
     ``notebooks``). The test cells of the submission are replaced by the
     autograder's, hidden checks included. The notebook runs in a fresh kernel
     in a scratch folder, offline, with ``SIAMESE_RUNS`` inside it, so nothing in
-    the repository is written. ``quick`` runs only the setup cell (the first
-    code cell), the ``parameters`` cell and each exercise's two cells.
+    the repository is written. ``quick`` runs only the setup cells (the code
+    cells before the ``parameters`` cell), that cell and each exercise's two cells.
     A file that is not a notebook, or lacks a graded cell, raises
     :class:`AssignmentError` naming it.
 
