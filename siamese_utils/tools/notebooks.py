@@ -143,7 +143,7 @@ def unbacked_numbers(nb) -> list[UnbackedNumber]:
       unit of time (``25 ms``, ``3 s``, ``2 min``, ``1 h``, and the words ``seconds``, ``minutes``,
       ``hours``, ``milliseconds``). Counts, sizes and years (``600 images``, ``64 px``, ``2021``) are not,
       nor is a confidence level (``a 95 % interval``, ``95 % confidence``, ``95 % CI``), nor a version with
-      two dots or more (``3.11.2``; write a shorter one as code: ```ipywidgets 7.7```).
+      two dots or more (``3.11.2``; write a shorter one between backquotes, as code: `ipywidgets 7.7`).
     - It is *backed* when some number in the notebook's stored outputs (``stream``, ``text/plain``,
       ``text/html`` with its tags removed, ``text/markdown``; any cell) has the same value, compared as
       numbers: signs and thousands separators are ignored (``1,024`` is ``1024``, ``−0.02`` is ``0.02``),
@@ -153,9 +153,9 @@ def unbacked_numbers(nb) -> list[UnbackedNumber]:
       cites its source, with ``et al.``, a year in parentheses (``(Zhai et al., 2022)``, ``(2021)``),
       ``published``, ``reported by``, an arXiv id, or a link to a web page (``[text](https://...)``); so is
       everything under a ``# References`` or ``## References`` heading.
-    - Code and formulas are not results: fenced code blocks, inline code (```margin=0.3```) and LaTeX
-      (``$1 - 0.3$``, ``$$...$$``) are skipped, and so are link targets and HTML comments. Write an
-      illustrative constant there (``a gap of $0.1$``), never a measured one.
+    - Code and formulas are not results: fenced code blocks, inline code (between backquotes:
+      `margin=0.3`) and LaTeX (``$1 - 0.3$``, ``$$...$$``) are skipped, and so are link targets and HTML
+      comments. Write an illustrative constant there (``a gap of $0.1$``), never a measured one.
 
     A sentence may state a result in words ("about twice as fast"); this rule does not see those, and
     :func:`claim` checks them in the cell that prints the result. Returns the numbers in the order they
