@@ -201,3 +201,67 @@ def test_train_command_records_pretrained_lr(small_tiny, tmp_path, capsys):
     assert exit_.value.code == 2 and "--pretrained-lr: pretrained_lr=0.0 must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     torch.set_num_threads(2)
+
+
+def _ranked_runs(name, ranks_per_seed, owner):
+    """Grid rows of one variant whose test ranks are given per seed (i2t over images, t2i over captions)."""
+    from siamese_utils.core.metrics import _metrics_from_ranks
+
+    rows = []
+    for seed, (i2t, t2i) in enumerate(ranks_per_seed):
+        metrics = _metrics_from_ranks(np.asarray(i2t), np.asarray(t2i))
+        rows.append({"variant": name, "seed": seed, "rsum": metrics["rsum"],
+                     "test_ranks": json.dumps({"i2t": list(map(int, i2t)), "t2i": list(map(int, t2i))})})
+    return rows
+
+
+def test_compare_rsum_pairs_seeds_and_test_images_and_names_a_verdict_only_outside_the_interval():
+    from siamese_utils.chapters.comparisons import compare_rsum
+    from siamese_utils.core.metrics import _metrics_from_ranks
+
+    rng = np.random.default_rng(0)
+    owner = np.repeat(np.arange(30), 3)
+    noisy = [(rng.integers(0, 8, 30), rng.integers(0, 8, 90)) for _ in range(3)]
+    good = [(np.zeros(30, int), np.zeros(90, int))] * 3
+    results = pd.DataFrame(_ranked_runs("noisy", noisy, owner) + _ranked_runs("good", good, owner)
+                           + _ranked_runs("noisy again", noisy, owner))
+    table = compare_rsum(results, [("good", "noisy"), ("noisy", "good"), ("noisy again", "noisy")], owner,
+                         samples=500).set_index("a")
+    assert table.loc["good", "verdict"] == "better" and table.loc["noisy", "verdict"] == "worse"
+    assert table.loc["good", "low"] > 0 and table.loc["noisy", "high"] < 0
+    assert table.loc["noisy again", ["change", "low", "high"]].tolist() == [0, 0, 0]
+    assert table.loc["noisy again", "verdict"] == ""
+    means = results.groupby("variant")["rsum"].mean()
+    assert table.loc["good", "change"] == pytest.approx(means["good"] - means["noisy"])
+    # one seed, one draw: the sampled rsum is the rsum of the drawn images with their captions, by brute force
+    one = pd.DataFrame(_ranked_runs("a", noisy[:1], owner) + _ranked_runs("b", good[:1], owner))
+    got = compare_rsum(one, [("a", "b")], owner, samples=1, seed=5).loc[0, "low"]
+    images = np.random.default_rng(5).integers(0, 30, 30)
+    captions = np.concatenate([np.flatnonzero(owner == i) for i in images])
+    drawn = _metrics_from_ranks(noisy[0][0][images], noisy[0][1][captions])["rsum"] - 600
+    assert got == pytest.approx(drawn)
+
+
+def test_compare_rsum_asks_for_ranks_and_for_the_same_seeds():
+    from siamese_utils.chapters.comparisons import compare_rsum
+
+    owner = np.repeat(np.arange(4), 2)
+    runs = _ranked_runs("a", [(np.zeros(4, int), np.zeros(8, int))] * 2, owner)
+    old = [{"variant": "old", "seed": s, "rsum": 600.0, "test_ranks": float("nan")} for s in (0, 1)]
+    with pytest.raises(GridError, match="old seed 0: no per-query test ranks stored.*run the grid again"):
+        compare_rsum(pd.DataFrame(runs + old), [("a", "old")], owner)
+    with pytest.raises(GridError, match=r"'a' ran with seeds \[0, 1\] and 'b' with \[0\]"):
+        compare_rsum(pd.DataFrame(runs + _ranked_runs("b", [(np.zeros(4, int), np.zeros(8, int))], owner)),
+                     [("a", "b")], owner)
+    with pytest.raises(GridError, match="another test split"):
+        compare_rsum(pd.DataFrame(runs), [("a", "a")], np.repeat(np.arange(5), 2))
+
+
+def test_grid_rows_store_every_test_querys_rank(splits, tokenizer):
+    from siamese_utils.core.metrics import _metrics_from_ranks
+
+    row = run_grid(light_grid()[:1], *splits, tokenizer, seeds=(0,), log=None).iloc[0]
+    ranks = json.loads(row["test_ranks"])
+    test = splits[2]
+    assert len(ranks["i2t"]) == len(test) and len(ranks["t2i"]) == test.num_captions
+    assert _metrics_from_ranks(np.array(ranks["i2t"]), np.array(ranks["t2i"]))["rsum"] == pytest.approx(row["rsum"])

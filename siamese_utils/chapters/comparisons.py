@@ -35,12 +35,13 @@ import pandas as pd
 import torch
 
 from ..core.data import CaptionedImages
-from ..core.metrics import METRIC_KEYS, retrieval_metrics
+from ..core.metrics import METRIC_KEYS, retrieval_metrics, retrieval_ranks
 from ..core.models import ModelConfig, build_model
 from ..core.runtime import atomic_write, seed_everything
 from ..core.train import DEFAULT_MODEL, TrainConfig, encode_split, fit
 
-__all__ = ["Variant", "GridError", "commenter_grid", "run_grid", "read_grid", "summarize_grid", "format_summary"]
+__all__ = ["Variant", "GridError", "commenter_grid", "run_grid", "read_grid", "summarize_grid", "format_summary",
+           "compare_rsum"]
 
 FACTORS = ("default", "loss", "text tower", "image tower", "batches", "hard negatives", "flip", "epochs")
 RESULT_KEYS = ("i2t_r1", "t2i_r1", "rsum", "seconds")
@@ -137,6 +138,10 @@ COLUMNS = ("variant", "factor", "level", "seed", *METRIC_KEYS, "val_rsum", "val_
 # caption order), and text -> image
 # R@1 by meaning. Files written before these existed still read: the columns are optional.
 COMPOSITION_COLUMNS = ("beats_colours", "beats_places", "beats_outcomes", "semantic_t2i_r1")
+# Every test query's rank (JSON: {"i2t": [...], "t2i": [...]}), for intervals over test queries (compare_rsum). Also
+# optional: files written before it existed still read, and their runs are reused; compare_rsum asks for it.
+RANK_COLUMNS = ("test_ranks",)
+OPTIONAL_COLUMNS = (*COMPOSITION_COLUMNS, *RANK_COLUMNS)
 
 
 def read_grid(path: str | os.PathLike) -> pd.DataFrame:
@@ -146,7 +151,7 @@ def read_grid(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.exists():
-        return pd.DataFrame(columns=[*COLUMNS, *COMPOSITION_COLUMNS])
+        return pd.DataFrame(columns=[*COLUMNS, *OPTIONAL_COLUMNS])
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -156,7 +161,7 @@ def read_grid(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise GridError(f"{path}: not a grid results file (no column(s) {', '.join(missing)}); "
                         "move it aside or pass another --out file")
-    return df.reindex(columns=[*COLUMNS, *COMPOSITION_COLUMNS])
+    return df.reindex(columns=[*COLUMNS, *OPTIONAL_COLUMNS])
 
 
 def _same_settings(row: pd.Series, variant: Variant, train: TrainConfig, data_key: str, train_images) -> bool:
@@ -212,7 +217,7 @@ def run_grid(variants: Sequence[Variant], train_split: CaptionedImages, val_spli
         train_split = train_split[:train_images]
     device = device or torch.device("cpu")
     path = Path(out) if out is not None else None
-    table = read_grid(path) if path is not None else pd.DataFrame(columns=[*COLUMNS, *COMPOSITION_COLUMNS])
+    table = read_grid(path) if path is not None else pd.DataFrame(columns=[*COLUMNS, *OPTIONAL_COLUMNS])
     data_key = _data_key(test_split)
 
     rows = []
@@ -230,13 +235,13 @@ def run_grid(variants: Sequence[Variant], train_split: CaptionedImages, val_spli
             row.update(data=data_key, train_images=train_images)
             rows.append(row)
             if path is not None:
-                new = pd.DataFrame([row], columns=[*COLUMNS, *COMPOSITION_COLUMNS])
+                new = pd.DataFrame([row], columns=[*COLUMNS, *OPTIONAL_COLUMNS])
                 table = new if table.empty else pd.concat([table, new], ignore_index=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
             if log is not None:
                 log(f"{variant.name:<32} seed {seed}  rsum {row['rsum']:6.1f}  trained in {row['seconds']:.0f} s")
-    return pd.DataFrame(rows, columns=[*COLUMNS, *COMPOSITION_COLUMNS]).astype({"seed": int})
+    return pd.DataFrame(rows, columns=[*COLUMNS, *OPTIONAL_COLUMNS]).astype({"seed": int})
 
 
 def _run_one(variant: Variant, train: TrainConfig, train_split, val_split, test_split, tokenizer, device) -> dict:
@@ -248,7 +253,9 @@ def _run_one(variant: Variant, train: TrainConfig, train_split, val_split, test_
     img_emb, txt_emb = encode_split(result.model, test_split, tokenizer, device, image_size=train.image_size,
                                     max_length=train.max_length)
     test = retrieval_metrics(img_emb, txt_emb, test_split.txt_to_img)
+    i2t, t2i = retrieval_ranks(img_emb, txt_emb, test_split.txt_to_img)
     return {**_composition_scores(test_split, img_emb @ txt_emb.T),
+        "test_ranks": json.dumps({"i2t": [int(r) for r in i2t], "t2i": [int(r) for r in t2i]}),
         "variant": variant.name, "factor": variant.factor, "level": variant.level, "seed": train.seed,
         **{k: float(test[k]) for k in METRIC_KEYS},
         "val_rsum": float(result.val_metrics["rsum"]),
@@ -274,6 +281,65 @@ def _composition_scores(split: CaptionedImages, sim: torch.Tensor) -> dict:
         {v: k for k, v in ASKS.items()})], "beats": pairs["beats_partner"].astype(int).tolist()}
     return {**share, "beats_outcomes": json.dumps(outcomes),
             "semantic_t2i_r1": semantic_recall(sim, truth)["t2i_r1"]}
+
+
+# --------------------------------------------------------------------------- is a difference real?
+
+
+def compare_rsum(results: pd.DataFrame, pairs: Sequence[tuple[str, str]], txt_to_img, samples: int = 2000,
+                 seed: int = 0) -> pd.DataFrame:
+    """Mean test rsum of variant ``a`` minus variant ``b`` for each ``(a, b)``, with a 95 % interval and a verdict.
+
+    ``results``: :func:`run_grid` rows with their ``test_ranks``, both variants run with the same seeds, on the
+    test split whose ``txt_to_img`` is given. Each bootstrap sample draws seeds and test images with replacement
+    (an image with its captions), the same draw for both variants: the interval is paired and holds both the
+    seeds' spread and the sampling noise of the test set. ``verdict`` is "better" or "worse" only where the
+    interval excludes zero. Returns one row per pair: ``a``, ``b``, ``change``, ``low``, ``high``, ``verdict``.
+
+    Explained in ``notebooks/06_losses_and_encoders.ipynb``.
+    """
+    owner = np.asarray(txt_to_img)
+    n = int(owner.max()) + 1
+    captions = np.bincount(owner, minlength=n).astype(float)
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(samples)]).astype(float)
+
+    def per_image(row) -> tuple[np.ndarray, np.ndarray]:  # summed over K: i2t hits, and t2i hits, per image
+        if not isinstance(row["test_ranks"], str):
+            raise GridError(f"{row['variant']} seed {row['seed']}: no per-query test ranks stored (a run from "
+                            "before they were); remove its rows from the results file and run the grid again")
+        ranks = json.loads(row["test_ranks"])
+        i2t, t2i = np.asarray(ranks["i2t"]), np.asarray(ranks["t2i"])
+        if len(i2t) != n or len(t2i) != len(owner):
+            raise GridError(f"{row['variant']} seed {row['seed']}: its ranks are of another test split "
+                            f"({len(i2t)} images, {len(t2i)} captions; expected {n}, {len(owner)})")
+        return (sum((i2t < k).astype(float) for k in (1, 5, 10)),
+                np.bincount(owner, sum((t2i < k).astype(float) for k in (1, 5, 10)), n))
+
+    def sampled_rsum(name: str) -> tuple[list[int], np.ndarray]:  # (seeds, (seeds, samples) rsum per draw)
+        runs = results[results["variant"] == name].sort_values("seed")
+        if runs.empty:
+            raise GridError(f"no runs of {name!r} in the results")
+        rows = []
+        for _, row in runs.iterrows():
+            i2t, t2i = per_image(row)
+            rows.append(100 * counts @ i2t / n + 100 * (counts @ t2i) / (counts @ captions))
+        return runs["seed"].astype(int).tolist(), np.stack(rows)
+
+    out = []
+    for a, b in pairs:
+        (seeds_a, rsum_a), (seeds_b, rsum_b) = sampled_rsum(a), sampled_rsum(b)
+        if seeds_a != seeds_b:
+            raise GridError(f"{a!r} ran with seeds {seeds_a} and {b!r} with {seeds_b}: compare runs of the same seeds")
+        draw = np.random.default_rng(seed + 1).integers(0, len(seeds_a), (samples, len(seeds_a)))
+        columns = np.arange(samples)[:, None]
+        diff = rsum_a[draw, columns].mean(axis=1) - rsum_b[draw, columns].mean(axis=1)
+        change = float(results.loc[results["variant"] == a, "rsum"].mean()
+                       - results.loc[results["variant"] == b, "rsum"].mean())
+        low, high = np.percentile(diff, [2.5, 97.5])
+        out.append({"a": a, "b": b, "change": change, "low": float(low), "high": float(high),
+                    "verdict": "better" if low > 0 else "worse" if high < 0 else ""})
+    return pd.DataFrame(out)
 
 
 # --------------------------------------------------------------------------- summaries
