@@ -342,6 +342,29 @@ def test_an_unreachable_hub_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_a_script_dataset_is_read_from_its_parquet_conversion(tmp_path, monkeypatch):
+    for v in hub.OFFLINE_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    copy = datasets.load_from_disk(str(save_flickr30k(tmp_path / "hub")))
+    asked = []
+
+    def load_dataset(repo, streaming=False, revision=None):
+        asked.append(revision)
+        if revision != "refs/convert/parquet":
+            raise RuntimeError("Dataset scripts are no longer supported, but found flickr30k.py")
+        return copy
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    parts = hub.load_hub_dataset("nlphuji/flickr30k")
+    assert asked == [None, "refs/convert/parquet"] and len(list(parts["test"])) == 10
+    asked.clear()
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, streaming=False, revision=None: asked.append(revision)
+                        or (_ for _ in ()).throw(ValueError("no such dataset")))
+    with pytest.raises(HubUnavailable, match="nor its parquet conversion"):
+        hub.load_hub_dataset("nlphuji/flickr30k")
+    assert asked == [None, "refs/convert/parquet"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["coco", "--from-hub"], "--from-hub takes flickr8k or flickr30k, not 'coco'"),
     (["tiny", "--from-hub"], "not 'tiny'"),

@@ -59,6 +59,9 @@ SPLIT_NAMES = {"train": "train", "restval": "restval", "validation": "val", "val
 LOG = "rows.jsonl"  # in the staging folder: one line per row read, written after its image
 STAMP = "import.json"  # in the staging folder: what the import is of, checked on resume
 JPEG_QUALITY = 95  # for the rare image the hub serves in another format
+# The hub's own parquet conversion of a dataset, read when the dataset's loading script cannot be run (datasets >= 4
+# runs no scripts).
+PARQUET_REVISION = "refs/convert/parquet"
 
 
 class HubUnavailable(DatasetError):
@@ -153,6 +156,8 @@ def load_hub_dataset(repo: str) -> Mapping[str, Iterable[dict]]:
     with ``save_to_disk`` (a ``Dataset`` counts as one split, ``train``). This is
     the only function that reaches the hub; with ``SIAMESE_OFFLINE``, ``HF_HUB_OFFLINE``
     or ``HF_DATASETS_OFFLINE`` set, or no network, it raises :class:`HubUnavailable`.
+    A dataset the hub serves through a loading script, which ``datasets`` 4 and later
+    no longer run, is read from the hub's parquet conversion (``refs/convert/parquet``).
 
     Explained in ``notebooks/09_scaling_up.ipynb``.
     """
@@ -165,14 +170,20 @@ def load_hub_dataset(repo: str) -> Mapping[str, Iterable[dict]]:
         if offline:
             raise HubUnavailable(f"the Hugging Face hub is not reached while {offline[0]}={os.environ[offline[0]]} "
                                  f"is set (offline); unset it on a machine with a network to import {repo}")
-        try:
-            parts = datasets.load_dataset(repo, streaming=True)
-        except (ConnectionError, OSError) as e:
-            raise HubUnavailable(f"could not reach {repo} on the Hugging Face hub ({_first_line(e)}); check the "
-                                 "network, then run the command again") from None
-        except Exception as e:  # DatasetNotFoundError and the like
-            raise HubUnavailable(f"could not load {repo} from the Hugging Face hub ({type(e).__name__}: "
-                                 f"{_first_line(e)})") from None
+        parts = None
+        for revision in (None, PARQUET_REVISION):
+            try:
+                parts = datasets.load_dataset(repo, streaming=True, revision=revision)
+                break
+            except (ConnectionError, OSError) as e:
+                raise HubUnavailable(f"could not reach {repo} on the Hugging Face hub ({_first_line(e)}); check "
+                                     "the network, then run the command again") from None
+            except Exception as e:  # a loading script this datasets release no longer runs; DatasetNotFoundError
+                problem = f"{type(e).__name__}: {_first_line(e)}"
+        if parts is None:
+            raise HubUnavailable(f"could not load {repo} from the Hugging Face hub, nor its parquet conversion "
+                                 f"({problem}); try another version of datasets, or the request-form route "
+                                 "(python -m siamese_utils download NAME without --from-hub)")
     undecoded = datasets.Image(decode=False)
     return {split: rows.cast_column("image", undecoded) if "image" in (rows.column_names or ()) else rows
             for split, rows in parts.items()}
