@@ -58,6 +58,39 @@ def test_house_skeleton(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_colab_setup_is_one_short_cell_of_its_own(path):
+    """Colab's set-up (clone, install, cd) is the first code cell, at most 8 lines, and holds nothing else."""
+    code = [_source(c) for c in _cells(path) if c["cell_type"] == "code"]
+    colab = [i for i, src in enumerate(code) if "IS_COLAB = " in src]
+    assert colab == [0], "one Colab set-up cell, the first code cell"
+    lines = code[0].strip().splitlines()
+    assert len(lines) <= 8, f"{len(lines)} lines: keep the Colab cell to the clone, the install and the cd"
+    assert not any(line.startswith(("from ", "import ")) and line != "import sys" for line in lines), (
+        "the imports go in the next cell")
+    assert "!git clone" not in code[0], "clone only where the folder is missing: !test -d DIR || git clone ..."
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_grading_cells_are_collapsed(path):
+    """A reader sees the exercise and the verdict of its check ("... passes the checks"), not the checking code:
+    every nbgrader test cell opens with its source collapsed (JupyterLab's "source_hidden"; a click shows it)."""
+    for c in _cells(path):
+        meta = c.get("metadata", {})
+        if c["cell_type"] == "code" and meta.get("nbgrader", {}).get("grade"):
+            assert meta.get("jupyter", {}).get("source_hidden") is True, _source(c)[:60]
+            assert any("passes the checks" in "".join(o.get("text", "")) for o in c.get("outputs", [])), (
+                "a grading cell ends by printing its verdict, so the collapsed cell still says something")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_are_short(path):
+    """A chapter reads as prose with short code between: the median code cell is at most 10 lines."""
+    sizes = sorted(len(_source(c).strip().splitlines()) for c in _cells(path) if c["cell_type"] == "code")
+    median = (sizes[(len(sizes) - 1) // 2] + sizes[len(sizes) // 2]) / 2
+    assert median <= 10, f"median code cell {median} lines: split the longest cells, with a sentence between"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_nbval_markers_are_cell_tags_not_comment_lines(path):
     """The reader's page carries no test machinery: nbval's markers are tags, which JupyterLab keeps out of sight."""
     for c in _cells(path):
