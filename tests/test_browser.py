@@ -305,8 +305,12 @@ def page(lab, request):
 _JS_HELPERS = r"""
 const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
 const cells = panel ? [...panel.querySelectorAll('.jp-Notebook .jp-Cell')] : [];
-const prompts = panel ? [...panel.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
-    .map(e => e.textContent.trim()) : [];
+// A code cell whose source is collapsed (a grader's check) shows a placeholder with an empty prompt instead of
+// its input area: its prompts are left out, and counted.
+const codeCells = panel ? [...panel.querySelectorAll('.jp-Notebook .jp-CodeCell')] : [];
+const collapsed = codeCells.filter(c => c.querySelector('.jp-InputPlaceholder')).length;
+const prompts = codeCells.filter(c => !c.querySelector('.jp-InputPlaceholder'))
+    .map(c => (c.querySelector('.jp-InputArea .jp-InputPrompt') || {textContent: ''}).textContent.trim());
 const images = panel ? [...panel.querySelectorAll('.jp-OutputArea-output[data-mime-type="image/png"] img')] : [];
 // JupyterLab renders a traceback with the stderr MIME type; IPython's always names the cell ("Cell In[3], line 1").
 const stderr = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]';
@@ -319,7 +323,7 @@ const kernel = (document.querySelector('.jp-Toolbar-kernelName') || {}).innerTex
 const dialogs = [...document.querySelectorAll('.jp-Dialog')].map(e => e.innerText.replace(/\s+/g, ' ').trim());
 const text = document.body.innerText;
 const state = {
-    cells: cells.length, prompts, status, kernel, dialogs,
+    cells: cells.length, prompts, collapsed, status, kernel, dialogs,
     images: images.length, decoded: images.filter(i => i.complete && i.naturalWidth > 0).length,
     tables: panel ? panel.querySelectorAll('.jp-OutputArea-output[data-mime-type="text/html"] table').length : 0,
     widgets: panel ? panel.querySelectorAll('.jp-OutputArea-output > .jupyter-widgets').length : 0,
@@ -344,13 +348,14 @@ def _wait(page, condition: str, timeout_ms: float, arg=None, polling: int = 250)
 
 
 def _stored(path: Path) -> dict:
-    """What the committed notebook holds: cells, code cells, PNG outputs, HTML tables, panels' text forms."""
+    """What the committed notebook holds: cells, code cells (collapsed ones too), figures, tables, panels' text."""
     nb = nbformat.read(path, as_version=4)
-    counts = {"cells": len(nb.cells), "code": 0, "images": 0, "tables": 0, "panels": 0}
+    counts = {"cells": len(nb.cells), "code": 0, "collapsed": 0, "images": 0, "tables": 0, "panels": 0}
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         counts["code"] += 1
+        counts["collapsed"] += bool(cell.metadata.get("jupyter", {}).get("source_hidden"))
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             counts["images"] += "image/png" in data
@@ -513,7 +518,7 @@ def test_01_runs_from_the_run_menu(lab, page, shots):
     _wait(page, "state.images >= arg && state.decoded === state.images", WIDGET_MS, want["images"])
     state = _state(page)
     _screenshot(page, shots / "01_preprocessing.run.png")
-    assert len(state["prompts"]) == want["code"]
+    assert (len(state["prompts"]), state["collapsed"]) == (want["code"] - want["collapsed"], want["collapsed"])
     assert state["images"] == state["decoded"] == want["images"], (
         f"{name}: the run shows {state['images']} figures ({state['decoded']} decoded), the committed notebook "
         f"{want['images']}")

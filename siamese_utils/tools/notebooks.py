@@ -57,7 +57,10 @@ def claim(holds: bool, sentence: str, *, checked: bool = True) -> None:
 
 @dataclass(frozen=True)
 class UnbackedNumber:
-    """A result-like number of a notebook's markdown that no stored output shows (see :func:`unbacked_numbers`)."""
+    """A result-like number of a notebook's markdown that no stored output shows (see :func:`unbacked_numbers`).
+
+    Explained in ``README.md`` (section "Working on the notebooks").
+    """
 
     number: str      # as written, unit or % sign included: "25.2 ms", "74 %"
     sentence: str    # the sentence, list item or table row it stands in, on one line
