@@ -8,7 +8,10 @@ test evaluation), then its checkpoint is scored on the test split:
   ("which colour is which shape", "where each shape is"; chapter 04's failure analysis);
 - **rsum** and R@1 both ways (the standard protocol);
 - **semantic R@1** text -> image (any image the caption is true of counts) beside its ceiling (100: every
-  caption is true of its own image);
+  caption is true of its own image), and what the misses get wrong: for each caption whose best-scoring image is
+  false of it, what that image gets wrong ("shape", "arrangement", "colour", ...: chapter 04's
+  ``failure_analysis``, as chapter 05 counts them), in percent of all captions; and the same semantic R@1 on the
+  train split, in folds of as many images as the test split (does the model fit the images it learned from?);
 - the **train time**.
 
 The same runs on a tiny set generated with another seed (``make-tiny --seed N``, written to a temporary
@@ -29,6 +32,7 @@ fixed thread count).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -42,12 +46,27 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = ("which colour is which shape", "where each shape is")
+WRONG = ("shape", "arrangement", "colour", "size", "number of shapes", "its minimal pair")  # chapter 04's "wrong"
 TARGETS = {  # (dataset, metric) -> (threshold, at least?)
     ("committed", QUESTIONS[0]): (97.0, True), ("committed", QUESTIONS[1]): (97.0, True),
     ("committed", "rsum"): (580.0, True), ("committed", "semantic t2i R@1"): (98.0, True),
     ("committed", "train s"): (180.0, False),
     ("other", QUESTIONS[0]): (95.0, True), ("other", QUESTIONS[1]): (95.0, True),
 }
+
+
+def semantic_misses(split, sim: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """``{"missed: shape": percent, ...}``: captions whose best image is false of them, by what that image gets wrong.
+
+    ``sim`` and ``truth``: ``(images, captions)``. The best image and what it gets wrong are chapter 04's
+    ``failure_analysis`` columns ``top`` and ``wrong`` (as chapter 05 counts them), in percent of all captions.
+    """
+    from siamese_utils.chapters.analysis import failure_analysis
+
+    report = failure_analysis(split, sim)
+    missed = ~truth[torch.tensor(report["top"].tolist()), torch.arange(len(report))].numpy()
+    counts = report.loc[missed, "wrong"].value_counts()
+    return {f"missed: {kind}": 100.0 * int(counts.get(kind, 0)) / len(report) for kind in WRONG}
 
 
 def score(run: Path, data: Path) -> dict[str, float]:
@@ -62,11 +81,28 @@ def score(run: Path, data: Path) -> dict[str, float]:
     test = su.read_dataset(data).split("test")
     img, txt = encode_split(model, test, su.load_tokenizer(), image_size=recipe.image_size,
                             max_length=recipe.max_length)
-    sim = img @ txt.T
+    sim, truth = img @ txt.T, truth_matrix(test)
     standard = metrics_from_scores(sim, test.txt_to_img)
-    semantic = semantic_recall(sim, truth_matrix(test))
+    semantic = semantic_recall(sim, truth)
     return {**beats_partner(test, sim), "rsum": standard["rsum"], "i2t R@1": standard["i2t_r1"],
-            "t2i R@1": standard["t2i_r1"], "semantic t2i R@1": semantic["t2i_r1"]}
+            "t2i R@1": standard["t2i_r1"], "semantic t2i R@1": semantic["t2i_r1"],
+            **semantic_misses(test, sim, truth), "semantic t2i R@1, train": train_fit(model, recipe, data, len(test))}
+
+
+def train_fit(model, recipe, data: Path, gallery: int) -> float:
+    """Semantic t2i R@1 on the train split, in folds of ``gallery`` images (the test split's size), averaged: how
+    well the model fits the images it was trained on, with as many candidates per query as on the test split."""
+    import siamese_utils as su
+    from siamese_utils.chapters.analysis import semantic_recall, truth_matrix
+    from siamese_utils.core.train import encode_split
+
+    train = su.read_dataset(data).split("train")
+    img, txt = encode_split(model, train, su.load_tokenizer(), image_size=recipe.image_size,
+                            max_length=recipe.max_length)
+    sim, truth, owner = img @ txt.T, truth_matrix(train), train.txt_to_img
+    folds = [(start, start + gallery) for start in range(0, len(train) - gallery + 1, gallery)]
+    return statistics.mean(semantic_recall(sim[a:b][:, (owner >= a) & (owner < b)],
+                                           truth[a:b][:, (owner >= a) & (owner < b)])["t2i_r1"] for a, b in folds)
 
 
 def train(data: Path, out: Path, seed: int, threads: int, flags: list[str]) -> float:
@@ -115,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     met = True
     for name in ("committed", "other"):
         mine = [r for r in rows if r["dataset"] == name]
-        for metric in (*QUESTIONS, "rsum", "i2t R@1", "t2i R@1", "semantic t2i R@1", "train s"):
+        for metric in (*QUESTIONS, "rsum", "i2t R@1", "t2i R@1", "semantic t2i R@1",
+                       *(f"missed: {kind}" for kind in WRONG), "semantic t2i R@1, train", "train s"):
             values = [r[metric] for r in mine]
             mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
             line = f"{name:>9}  {metric:<28} {mean:7.1f} ({sd:.1f})"

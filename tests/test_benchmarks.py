@@ -100,3 +100,39 @@ def test_bad_flags_are_refused(script, args, message, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         module.main()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_composition_sorts_semantic_misses_by_what_the_top_image_gets_wrong(monkeypatch):
+    """Each caption whose best image is false of it counts once, under what that image gets wrong; the misses add up
+    to what semantic R@1 leaves out."""
+    import torch
+
+    import siamese_utils as su
+    from siamese_utils.chapters.analysis import failure_analysis, semantic_recall, truth_matrix
+
+    module = load("composition.py", monkeypatch)
+    test = su.read_dataset(REPO / "data" / "tiny").split("test")
+    truth = truth_matrix(test)
+    own = torch.zeros_like(truth, dtype=torch.float)
+    own[test.txt_to_img, torch.arange(truth.shape[1])] = 1.0
+    assert sum(module.semantic_misses(test, own, truth).values()) == 0  # every caption finds its own image
+
+    report = failure_analysis(test, own)
+    one = 100.0 / truth.shape[1]
+    j = int(report.index[report["asks"] == "where each shape is"][0])  # its partner: the same shapes, swapped places
+    wrong = own.clone()
+    wrong[int(report.loc[j, "partner"]), j] = 2.0
+    misses = module.semantic_misses(test, wrong, truth)
+    assert misses == {f"missed: {kind}": one if kind == "its minimal pair" else 0.0 for kind in module.WRONG}
+    single = [k for k in report.index if report.loc[k, "asks"] == "colour, shape, size"]
+    j, other = next((j, i) for j in single for i in range(len(test))  # a one-shape caption, an image with two
+                    if len(test[i].meta["scene"]["objects"]) == 2)
+    wrong = own.clone()
+    wrong[other, j] = 2.0
+    assert module.semantic_misses(test, wrong, truth)["missed: number of shapes"] == one
+
+    sim = torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    misses = module.semantic_misses(test, sim, truth)
+    assert set(misses) == {f"missed: {kind}" for kind in module.WRONG}
+    assert abs(sum(misses.values()) - (100.0 - semantic_recall(sim, truth)["t2i_r1"])) < 1e-9
+    assert misses["missed: colour"] > misses["missed: arrangement"]  # at random, most top images differ in colour
