@@ -32,7 +32,6 @@ fixed thread count).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import statistics

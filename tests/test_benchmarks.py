@@ -136,3 +136,22 @@ def test_composition_sorts_semantic_misses_by_what_the_top_image_gets_wrong(monk
     assert set(misses) == {f"missed: {kind}" for kind in module.WRONG}
     assert abs(sum(misses.values()) - (100.0 - semantic_recall(sim, truth)["t2i_r1"])) < 1e-9
     assert misses["missed: colour"] > misses["missed: arrangement"]  # at random, most top images differ in colour
+
+
+def test_composition_train_fit_scores_each_fold_of_the_train_split_alone(monkeypatch):
+    """The train split's R@1 by meaning, fold by fold: a caption competes only with the images of its own fold."""
+    import torch
+
+    import siamese_utils as su
+    from siamese_utils.chapters.composition import COMPOSITION_TRAIN
+    from siamese_utils.core import train as core_train
+
+    module = load("composition.py", monkeypatch)
+    train = su.read_dataset(REPO / "data" / "tiny").split("train")
+    owner, images = torch.as_tensor(train.txt_to_img), torch.eye(len(train))
+    elsewhere = images[(owner + 100) % len(train)]  # an image of the next fold
+    for text, expected in ((images[owner], 100.0),  # each caption on its own image
+                           (0.5 * images[owner] + elsewhere, 100.0),  # closer to an image it does not compete with
+                           (elsewhere, 0.0)):  # on no image of its fold: all tie at zero, and ties count against
+        monkeypatch.setattr(core_train, "encode_split", lambda *args, text=text, **kwargs: (images, text))
+        assert module.train_fit(None, COMPOSITION_TRAIN, REPO / "data" / "tiny", gallery=100) == expected
