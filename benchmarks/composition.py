@@ -24,6 +24,11 @@ the seeds, per-seed rows, and each target with PASS or MISS:
     python benchmarks/composition.py [--data data/tiny] [--seeds 0 1 2] [--other-seed 7] [--threads 2]
                                      [--json results.json] [--train-flag=--num-epochs=2 ...]
 
+How much does the number of training scenes matter? ``--num-train N`` generates both sets with N train images
+(``make-tiny --seed 0 --num-train N``, data/tiny's own generator, in place of the committed set; and
+``make-tiny --seed OTHER --num-train N``), the same targets applied. Their val and test scenes differ from the
+600-scene sets' (the generator draws every split from one stream), so compare means over seeds and sets.
+
 Exit status 0 when every target is met, 1 otherwise. CPU only; the 1-minute load average is printed, since
 other processes on the cores inflate the train time (not the metrics: CPU training is deterministic at a
 fixed thread count).
@@ -117,6 +122,11 @@ def train(data: Path, out: Path, seed: int, threads: int, flags: list[str]) -> f
     return seconds
 
 
+def argv_has(argv: list[str] | None, flag: str) -> bool:
+    """Whether ``flag`` was given on the command line (as ``flag VALUE`` or ``flag=VALUE``)."""
+    return any(a == flag or a.startswith(flag + "=") for a in (sys.argv[1:] if argv is None else argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "tiny")
@@ -125,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write every row here")
     parser.add_argument("--train-flag", action="append", default=[], help="extra train flag, e.g. --train-flag=--recipe=locked-image")
+    parser.add_argument("--num-train", type=int, help="generate both sets with this many train images (in place of "
+                                                      "--data: make-tiny --seed 0 and --seed OTHER)")
     args = parser.parse_args(argv)
+    if args.num_train is not None and argv_has(argv, "--data"):
+        parser.error("--num-train generates both sets; leave out --data")
+    if args.num_train is not None and args.num_train < 100:
+        parser.error(f"--num-train {args.num_train}: at least 100 (one fold of the test split's 100 images)")
     if not (args.data / "dataset.json").is_file():
         parser.error(f"--data {args.data}: no dataset there (a folder with dataset.json; make one with make-tiny)")
     if args.threads < 1:
@@ -136,27 +152,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}; train flags: {args.train_flag or 'none'}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        other = Path(tmp) / "tiny-other"
-        subprocess.run([sys.executable, "-m", "siamese_utils", "make-tiny", "--out", str(other), "--seed",
-                        str(args.other_seed)], check=True, capture_output=True, cwd=REPO)
-        for name, data in (("committed", args.data), ("other", other)):
+        sets = [("committed", args.data), ("other", Path(tmp) / "tiny-other")]
+        if args.num_train is not None:
+            sets[0] = ("seed 0", Path(tmp) / "tiny-seed-0")
+        for (name, data), seed in zip(sets, (0, args.other_seed)):
+            if name == "other" or args.num_train is not None:
+                size = [] if args.num_train is None else ["--num-train", str(args.num_train)]
+                subprocess.run([sys.executable, "-m", "siamese_utils", "make-tiny", "--out", str(data), "--seed",
+                                str(seed), *size], check=True, capture_output=True, cwd=REPO)
+        for name, data in sets:
             for seed in args.seeds:
                 run = Path(tmp) / f"{name}-{seed}"
                 seconds = train(data, run, seed, args.threads, args.train_flag)
                 rows.append({"dataset": name, "seed": seed, **score(run, data), "train s": seconds})
                 print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
                       flush=True)
-    print(f"\nmean (sd) over seeds {args.seeds}; other set: make-tiny --seed {args.other_seed}")
+    made = "" if args.num_train is None else f" --num-train {args.num_train}; in place of {args.data}: " \
+                                              f"make-tiny --seed 0 --num-train {args.num_train}, its targets applied"
+    print(f"\nmean (sd) over seeds {args.seeds}; other set: make-tiny --seed {args.other_seed}{made}")
     met = True
-    for name in ("committed", "other"):
+    for role, (name, _) in zip(("committed", "other"), sets):
         mine = [r for r in rows if r["dataset"] == name]
         for metric in (*QUESTIONS, "rsum", "i2t R@1", "t2i R@1", "semantic t2i R@1",
                        *(f"missed: {kind}" for kind in WRONG), "semantic t2i R@1, train", "train s"):
             values = [r[metric] for r in mine]
             mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
             line = f"{name:>9}  {metric:<28} {mean:7.1f} ({sd:.1f})"
-            if (name, metric) in TARGETS:
-                threshold, at_least = TARGETS[(name, metric)]
+            if (role, metric) in TARGETS:
+                threshold, at_least = TARGETS[(role, metric)]
                 ok = mean >= threshold if at_least else mean <= threshold
                 met &= ok
                 line += f"   target {'>=' if at_least else '<='} {threshold:g}: {'PASS' if ok else 'MISS'}"

@@ -93,6 +93,9 @@ def load(script, monkeypatch):
     ("composition.py", ["--data", "no/such/folder"], "--data no/such/folder: no dataset there"),
     ("composition.py", ["--threads", "0"], "--threads must be at least 1, got 0"),
     ("composition.py", ["--seeds", "0", "0"], "--seeds 0 0: each seed once"),
+    ("composition.py", ["--num-train", "50"], "--num-train 50: at least 100"),
+    ("composition.py", ["--num-train", "1200", "--data", "data/tiny"], "--num-train generates both sets; leave out --data"),
+    ("composition.py", ["--data=data/tiny", "--num-train", "1200"], "--num-train generates both sets; leave out --data"),
 ])
 def test_bad_flags_are_refused(script, args, message, monkeypatch, capsys):
     module = load(script, monkeypatch)
@@ -155,3 +158,29 @@ def test_composition_train_fit_scores_each_fold_of_the_train_split_alone(monkeyp
                            (elsewhere, 0.0)):  # on no image of its fold: all tie at zero, and ties count against
         monkeypatch.setattr(core_train, "encode_split", lambda *args, text=text, **kwargs: (images, text))
         assert module.train_fit(None, COMPOSITION_TRAIN, REPO / "data" / "tiny", gallery=100) == expected
+
+
+def test_composition_num_train_generates_both_sets_with_that_many_train_scenes(monkeypatch, tmp_path, capsys):
+    """``--num-train N`` trains on ``make-tiny --seed 0 --num-train N`` in place of the committed set, and on the
+    other seed's set of the same size; the committed set's targets apply to the first."""
+    module = load("composition.py", monkeypatch)
+    seen = []
+
+    def fake_train(data, out, seed, threads, flags):
+        entries = json.loads((data / "dataset.json").read_text())["images"]
+        seen.append((data.name, seed, sum(e["split"] == "train" for e in entries), entries[0]["sentences"][0]["raw"]))
+        return 1.0
+
+    metrics = {q: 100.0 for q in module.QUESTIONS} | {"rsum": 600.0, "i2t R@1": 100.0, "t2i R@1": 100.0,
+                                                      "semantic t2i R@1": 100.0, "semantic t2i R@1, train": 100.0}
+    monkeypatch.setattr(module, "train", fake_train)
+    monkeypatch.setattr(module, "score", lambda run, data: metrics | {f"missed: {k}": 0.0 for k in module.WRONG})
+    assert module.main(["--num-train", "120", "--seeds", "0", "--json", str(tmp_path / "rows.json")]) == 0
+    assert [(name, seed, n) for name, seed, n, _ in seen] == [("tiny-seed-0", 0, 120), ("tiny-other", 0, 120)]
+    committed = json.loads((REPO / "data" / "tiny" / "dataset.json").read_text())["images"]
+    assert seen[0][3] == committed[0]["sentences"][0]["raw"]  # seed 0: the committed set's generator
+    assert seen[0][3] != seen[1][3]                           # the other seed: other scenes
+    assert [r["dataset"] for r in json.loads((tmp_path / "rows.json").read_text())] == ["seed 0", "other"]
+    out = capsys.readouterr().out
+    assert "make-tiny --seed 0 --num-train 120, its targets applied" in out
+    assert "seed 0  train s" in out and "target <= 180: PASS" in out
