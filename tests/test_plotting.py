@@ -305,3 +305,20 @@ def test_plot_word_importance_draws_one_signed_bar_per_word_and_hatches_unseen_w
     with pytest.raises(ValueError, match="no words"):
         plot_word_importance(WordImportance("", None, 0.0, words.iloc[:0]))
     matplotlib.pyplot.close("all")
+
+
+def test_plot_history_ticks_every_epoch_of_a_short_run_and_fewer_of_a_long_one():
+    """A tick per epoch up to 15 epochs; beyond, a few whole-epoch ticks that do not overlap."""
+    import pandas as pd
+
+    from siamese_utils.core.metrics import METRIC_KEYS
+    from siamese_utils.chapters.plotting import plot_history
+
+    def history(n):
+        return pd.DataFrame([{"epoch": e, "loss": 1.0 / e, "temperature": 0.07,
+                              **{f"val_{k}": 50.0 for k in METRIC_KEYS}} for e in range(1, n + 1)])
+
+    assert list(plot_history(history(5), title="short").axes[0].get_xticks()) == [1, 2, 3, 4, 5]
+    for ax in plot_history(history(30), title="long").axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 30]
+        assert 3 <= len(ticks) <= 10 and all(float(t).is_integer() for t in ticks)

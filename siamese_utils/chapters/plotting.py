@@ -272,7 +272,11 @@ def plot_history(history, title: str = "Training"):
     ax_rec.set(title="validation recall", xlabel="epoch", ylabel="R@K (%)", ylim=(0, 101))
     ax_rec.legend(fontsize=7, ncol=2, loc="lower right")
     for ax in (ax_loss, ax_temp, ax_rec):
-        ax.set_xticks(epochs)
+        if len(epochs) <= 15:
+            ax.set_xticks(epochs)
+        else:  # a tick per epoch would overlap
+            from matplotlib.ticker import MaxNLocator
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     return fig
 
