@@ -122,14 +122,17 @@ def train(data: Path, out: Path, seed: int, threads: int, flags: list[str]) -> f
     return seconds
 
 
-def argv_has(argv: list[str] | None, flag: str) -> bool:
-    """Whether ``flag`` was given on the command line (as ``flag VALUE`` or ``flag=VALUE``)."""
-    return any(a == flag or a.startswith(flag + "=") for a in (sys.argv[1:] if argv is None else argv))
+def make_tiny(out: Path, seed: int, num_train: int | None) -> Path:
+    """``make-tiny --seed SEED [--num-train N]`` into ``out``; returns ``out``."""
+    size = [] if num_train is None else ["--num-train", str(num_train)]
+    subprocess.run([sys.executable, "-m", "siamese_utils", "make-tiny", "--out", str(out), "--seed", str(seed), *size],
+                   check=True, capture_output=True, cwd=REPO)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO / "data" / "tiny")
+    parser.add_argument("--data", type=Path, help="the committed set (default: data/tiny)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--other-seed", type=int, default=7, help="make-tiny seed of the second set (default: 7)")
     parser.add_argument("--threads", type=int, default=2)
@@ -138,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, help="generate both sets with this many train images (in place of "
                                                       "--data: make-tiny --seed 0 and --seed OTHER)")
     args = parser.parse_args(argv)
-    if args.num_train is not None and argv_has(argv, "--data"):
+    if args.num_train is not None and args.data is not None:
         parser.error("--num-train generates both sets; leave out --data")
+    args.data = args.data or REPO / "data" / "tiny"
     if args.num_train is not None and args.num_train < 100:
         parser.error(f"--num-train {args.num_train}: at least 100 (one fold of the test split's 100 images)")
     if not (args.data / "dataset.json").is_file():
@@ -152,14 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}; train flags: {args.train_flag or 'none'}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        sets = [("committed", args.data), ("other", Path(tmp) / "tiny-other")]
-        if args.num_train is not None:
-            sets[0] = ("seed 0", Path(tmp) / "tiny-seed-0")
-        for (name, data), seed in zip(sets, (0, args.other_seed)):
-            if name == "other" or args.num_train is not None:
-                size = [] if args.num_train is None else ["--num-train", str(args.num_train)]
-                subprocess.run([sys.executable, "-m", "siamese_utils", "make-tiny", "--out", str(data), "--seed",
-                                str(seed), *size], check=True, capture_output=True, cwd=REPO)
+        first = (("committed", args.data) if args.num_train is None
+                 else ("seed 0", make_tiny(Path(tmp) / "tiny-seed-0", 0, args.num_train)))
+        sets = [first, ("other", make_tiny(Path(tmp) / "tiny-other", args.other_seed, args.num_train))]
         for name, data in sets:
             for seed in args.seeds:
                 run = Path(tmp) / f"{name}-{seed}"
